@@ -1,0 +1,3 @@
+import BallonetGuest
+
+GuestCommand.main()

@@ -1,0 +1,3 @@
+import BallonetHost
+
+ControlCommand.main()

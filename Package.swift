@@ -1,0 +1,61 @@
+// swift-tools-version: 6.1
+//
+// Ballonet: memory overcommit for QEMU/KVM hosts after VMware ESX Server (Waldspurger, OSDI 2002).
+// The layout follows the architecture (see README.md):
+//   Shared/      the wire format both agents speak (BallonetWire) and the one syscall layer (BallonetLinux)
+//   GuestAgent/  ballonet-guest, installed in guest images
+//   HostAgent/   ballonet-host and ballonetctl, run beside QEMU
+//   Tests/       one test target per module, named after it
+import PackageDescription
+
+let package = Package(
+    name: "Ballonet",
+    products: [
+        .executable(name: "ballonet-guest", targets: ["ballonet-guest"]),
+        .executable(name: "ballonet-host", targets: ["ballonet-host"]),
+        .executable(name: "ballonetctl", targets: ["ballonetctl"]),
+        .executable(name: "ballonet-bench-wire", targets: ["ballonet-bench-wire"]),
+        .library(name: "BallonetWire", targets: ["BallonetWire"]),
+        .library(name: "BallonetLinux", targets: ["BallonetLinux"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // The wire format: value types, encoder, incremental decoder. No I/O, no Foundation.
+        .target(name: "BallonetWire", path: "Shared/BallonetWire"),
+        // The single choke point for syscalls, and parsers for the /proc files both agents read.
+        .target(name: "BallonetLinux", path: "Shared/BallonetLinux"),
+
+        .target(
+            name: "BallonetGuest",
+            dependencies: [
+                "BallonetWire", "BallonetLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "GuestAgent/BallonetGuest"
+        ),
+        .executableTarget(name: "ballonet-guest", dependencies: ["BallonetGuest"], path: "GuestAgent/ballonet-guest"),
+
+        .target(
+            name: "BallonetHost",
+            dependencies: [
+                "BallonetWire", "BallonetLinux",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "HostAgent/BallonetHost"
+        ),
+        .executableTarget(name: "ballonet-host", dependencies: ["BallonetHost"], path: "HostAgent/ballonet-host"),
+        .executableTarget(name: "ballonetctl", dependencies: ["BallonetHost"], path: "HostAgent/ballonetctl"),
+
+        // `make bench-wire`: encode/decode throughput and bytes on the wire (docs/BENCHMARKS.md).
+        .executableTarget(name: "ballonet-bench-wire", dependencies: ["BallonetWire"], path: "Benchmarks/WireBench"),
+
+        .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
+        .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",
+                    exclude: ["Captures"]),
+        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest"], path: "Tests/BallonetGuestTests"),
+        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost"], path: "Tests/BallonetHostTests"),
+    ],
+    swiftLanguageModes: [.v6]
+)
