@@ -246,15 +246,15 @@ private struct Parser: Sendable {
         return CRC32C.checksum(covered) == u32(region, position + FrameHeader.headerChecksumOffset)
     }
 
-    /// The first index in `start..<end` where a whole header with a matching checksum begins.
+    /// The first index at or after `start` where a header with a matching checksum lies wholly before
+    /// `end`. Only whole headers count, so the answer depends on the bytes up to `end` alone, never on
+    /// how many more happen to be buffered: that keeps decoding independent of chunking.
     private static func firstSoundHeader(in region: UnsafeRawBufferPointer, from start: Int, to end: Int) -> Int? {
         var index = start
-        while index < end {
+        while index + WireLimits.headerLength <= end {
             index = nextMagicCandidate(in: region, from: index)
-            guard index < end else { return nil }
-            if region.count - index >= WireLimits.headerLength && headerChecksumMatches(region, at: index) {
-                return index
-            }
+            guard index + WireLimits.headerLength <= end else { return nil }
+            if headerChecksumMatches(region, at: index) { return index }
             index += 1
         }
         return nil
