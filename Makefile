@@ -1,0 +1,69 @@
+# Ballonet. `make demo` (arrives with the host agent) and `make check` are the two commands that do
+# everything on a fresh Debian machine as root; the other targets are their parts.
+
+SHELL := /bin/bash
+export PATH := $(PATH):/opt/swift/usr/bin
+SWIFT ?= swift
+
+FUZZ_BIN := .build/fuzz/decoder-fuzz
+FUZZ_CORPUS := Fuzz/corpus/decoder
+# Seconds of fuzzing inside `make check`: enough to replay the corpus and explore a little, short
+# enough that CI stays well inside its time. `make fuzz` runs as long as FUZZ_SECONDS says (10 minutes).
+CHECK_FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 600
+
+.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire demo clean
+
+## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
+## The test runner's summary is the last thing it prints.
+check: deps build fuzz-smoke test
+
+deps:
+	@bash scripts/install-deps.sh
+
+build:
+	$(SWIFT) build --build-tests
+
+test:
+	$(SWIFT) test
+
+## fuzz: libFuzzer over the wire decoder (with AddressSanitizer), FUZZ_SECONDS long.
+fuzz: fuzz-build
+	@mkdir -p Fuzz/work Fuzz/findings
+	$(FUZZ_BIN) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=Fuzz/findings/ \
+	  Fuzz/work $(FUZZ_CORPUS)
+
+fuzz-smoke: fuzz-build
+	@mkdir -p Fuzz/work Fuzz/findings
+	@echo "fuzz-smoke: fuzzing the wire decoder for $(CHECK_FUZZ_SECONDS) s (log: Fuzz/work/fuzz-smoke.log)"
+	@if $(FUZZ_BIN) -max_total_time=$(CHECK_FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=Fuzz/findings/ \
+	    Fuzz/work $(FUZZ_CORPUS) > Fuzz/work/fuzz-smoke.log 2>&1; then \
+	  grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|Done)' Fuzz/work/fuzz-smoke.log; \
+	else \
+	  tail -n 60 Fuzz/work/fuzz-smoke.log; echo "fuzz-smoke: the fuzzer found a failing input: see Fuzz/findings/" >&2; exit 1; \
+	fi
+
+# The target and the wire sources compile as one module (libFuzzer supplies main).
+fuzz-build: $(FUZZ_BIN)
+$(FUZZ_BIN): Fuzz/DecoderFuzz.swift $(wildcard Shared/BallonetWire/*.swift)
+	@mkdir -p $(dir $@)
+	swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name BallonetWireFuzz \
+	  Fuzz/DecoderFuzz.swift $(wildcard Shared/BallonetWire/*.swift) -o $@ 2>&1 \
+	  | { grep -v 'Cannot export local symbol' || true; }; exit $${PIPESTATUS[0]}
+
+## fuzz-seeds: regenerate the committed seed corpus after a format change.
+fuzz-seeds:
+	BALLONET_WRITE_FUZZ_SEEDS=1 $(SWIFT) test --filter FuzzSeedTests
+
+## bench-wire: encode/decode throughput and bytes on the wire; keeps a copy in docs/benchmarks/wire.md.
+bench-wire:
+	$(SWIFT) build -c release --product ballonet-bench-wire
+	@mkdir -p docs/benchmarks
+	.build/release/ballonet-bench-wire | tee docs/benchmarks/wire.md
+
+demo:
+	@echo "make demo arrives with the host agent: it will boot small guests and show Ballonet at work." >&2
+	@exit 1
+
+clean:
+	rm -rf .build Fuzz/work
