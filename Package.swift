@@ -54,8 +54,10 @@ let package = Package(
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",
                     exclude: ["Captures"]),
-        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest"], path: "Tests/BallonetGuestTests"),
-        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost"], path: "Tests/BallonetHostTests"),
+        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetTestSupport"], path: "Tests/BallonetGuestTests"),
+        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport"], path: "Tests/BallonetHostTests"),
+        // What the test targets share: running the package's built executables as a user would.
+        .target(name: "BallonetTestSupport", path: "Tests/BallonetTestSupport"),
     ],
     swiftLanguageModes: [.v6]
 )
