@@ -16,6 +16,9 @@ extension Message {
     func encodePayload(into w: inout ByteWriter) throws(EncodeError) {
         switch self {
         case .hello(let m):
+            guard m.minVersion <= m.maxVersion else { throw .invalidValue(field: "min version", value: UInt64(m.minVersion)) }
+            guard m.sessionID != 0 else { throw .invalidValue(field: "session id", value: 0) }
+            try checkPages(m.balloonPages, "balloon pages")
             w.u8(m.role.rawValue)
             w.u8(m.minVersion)
             w.u8(m.maxVersion)
@@ -24,14 +27,13 @@ extension Message {
             w.u64(m.balloonPages)
             w.text(try checkedText(m.softwareVersion, "software version"))
         case .setTarget(let m):
-            guard m.balloonPages <= WireLimits.pfnLimit else {
-                throw .invalidValue(field: "balloon pages", value: m.balloonPages)
-            }
+            try checkPages(m.balloonPages, "balloon pages")
             w.u64(m.balloonPages)
         case .inflateReport(let m):
             guard m.pageOrder <= WireLimits.maxPageOrder else {
                 throw .invalidValue(field: "page order", value: UInt64(m.pageOrder))
             }
+            try checkPages(m.balloonPagesAfter, "balloon pages after")
             w.u64(m.hostSessionID)
             w.u64(m.batchID)
             w.u8(m.pageOrder)
@@ -46,6 +48,7 @@ extension Message {
             w.u64(m.batchID)
             w.u8(m.reason.rawValue)
         case .deflateReport(let m):
+            try checkPages(m.balloonPagesAfter, "balloon pages after")
             w.u8(m.reason.rawValue)
             w.u64(m.balloonPagesAfter)
             try encodeRanges(m.ranges, into: &w)
@@ -145,6 +148,11 @@ extension Message {
         try skipExtensions(from: &r)
         return message
     }
+}
+
+/// A page count: at most the whole PFN space.
+private func checkPages(_ pages: UInt64, _ field: String) throws(EncodeError) {
+    guard pages <= WireLimits.pfnLimit else { throw .invalidValue(field: field, value: pages) }
 }
 
 private func checkedText(_ text: String, _ field: String) throws(EncodeError) -> [UInt8] {

@@ -57,6 +57,15 @@ import Testing
             try FrameEncoder.encode(.inflateReport(InflateReport(hostSessionID: 1, batchID: 1, pageOrder: 19, balloonPagesAfter: 1,
                                                                  ranges: try! PFNRangeList(validating: [PFNRange(start: 1, count: 1)]))))
         }
+        #expect(throws: EncodeError.invalidValue(field: "session id", value: 0)) {
+            try FrameEncoder.encode(.hello(Hello(role: .guest, sessionID: 0, capabilities: [])))
+        }
+        #expect(throws: EncodeError.invalidValue(field: "min version", value: 3)) {
+            try FrameEncoder.encode(.hello(Hello(role: .guest, minVersion: 3, maxVersion: 2, sessionID: 1, capabilities: [])))
+        }
+        #expect(throws: EncodeError.invalidValue(field: "balloon pages", value: WireLimits.pfnLimit + 1)) {
+            try FrameEncoder.encode(.setTarget(SetTarget(balloonPages: WireLimits.pfnLimit + 1)))
+        }
         #expect(throws: EncodeError.duplicateStat(key: 2)) {
             try FrameEncoder.encode(.statsSample(StatsSample(sequence: 0, guestMillis: 0, periodMillis: 0,
                                                              entries: [StatEntry(.memFree, 1), StatEntry(.memFree, 2)])))
