@@ -25,7 +25,9 @@ let package = Package(
         // The wire format: value types, encoder, incremental decoder. No I/O, no Foundation.
         .target(name: "BallonetWire", path: "Shared/BallonetWire"),
         // The single choke point for syscalls, and parsers for the /proc files both agents read.
-        .target(name: "BallonetLinux", path: "Shared/BallonetLinux"),
+        .target(name: "BallonetLinux", dependencies: ["CBallonetLinux"], path: "Shared/BallonetLinux"),
+        // Wrappers for the glibc calls Swift's Glibc module cannot reach (_GNU_SOURCE-only or variadic).
+        .target(name: "CBallonetLinux", path: "Shared/CBallonetLinux"),
 
         .target(
             name: "BallonetGuest",

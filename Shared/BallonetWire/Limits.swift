@@ -53,3 +53,20 @@ public enum WireLimits {
 
 /// Size of a page as the wire counts it: every size and PFN is in 4 KiB pages, whatever the guest pinned.
 public let wirePageSize: UInt64 = 4096
+
+extension WireLimits {
+    /// `text` cut at a character boundary to fit a text field: for messages built from strings of any
+    /// length (an error's description, a path), which must never fail to encode for being long.
+    public static func fittingText(_ text: String) -> String {
+        guard text.utf8.count > maxTextBytes else { return text }
+        var result = ""
+        var bytes = 0
+        for character in text {
+            let size = character.utf8.count
+            guard bytes + size <= maxTextBytes - 3 else { break }
+            result.append(character)
+            bytes += size
+        }
+        return result + "…"
+    }
+}

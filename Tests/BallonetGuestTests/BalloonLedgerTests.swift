@@ -58,7 +58,7 @@ import BallonetWire
     }
 
     @Test func releaseChoosesNewestFirstAndCanStayUnderABound() {
-        var ledger = ledger(batches: 3)
+        let ledger = ledger(batches: 3)
         #expect(ledger.releasable(covering: 1500).map(\.id) == [2, 1])
         #expect(ledger.releasable(notExceeding: 1500).map(\.id) == [2])
         #expect(ledger.releasable(notExceeding: 1000).isEmpty)

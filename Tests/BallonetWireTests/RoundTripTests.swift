@@ -80,3 +80,15 @@ import Testing
         #expect(bytes.count <= WireLimits.maxFrameLength)
     }
 }
+
+@Suite struct TextFittingTests {
+    @Test func longTextIsCutAtACharacterBoundaryAndStillEncodes() throws {
+        let long = String(repeating: "é😀x", count: 200)
+        let fitted = WireLimits.fittingText(long)
+        #expect(fitted.utf8.count <= WireLimits.maxTextBytes)
+        #expect(fitted.hasSuffix("…"))
+        #expect(long.hasPrefix(String(fitted.dropLast())))
+        _ = try FrameEncoder.encode(.error(ErrorReport(code: .internalError, message: fitted)))
+        #expect(WireLimits.fittingText("short") == "short")
+    }
+}
