@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 // Added in Linux 5.3 and 5.10; one number on every architecture but alpha.
@@ -25,6 +26,12 @@ int cballonet_signalfd(int fd, const sigset_t *mask, int flags) { return signalf
 long cballonet_pidfd_open(int pid, unsigned int flags) { return syscall(SYS_pidfd_open, pid, flags); }
 long cballonet_process_madvise(int pidfd, const void *vectors, unsigned long count, int advice, unsigned int flags) {
     return syscall(SYS_process_madvise, pidfd, vectors, count, advice, flags);
+}
+
+long cballonet_filesystem_type(const char *path) {
+    struct statfs info;
+    if (statfs(path, &info) != 0) return -1;
+    return (long)info.f_type;
 }
 
 const unsigned int cballonet_MFD_CLOEXEC = MFD_CLOEXEC;

@@ -16,6 +16,9 @@ int cballonet_signalfd(int fd, const sigset_t *mask, int flags);
 long cballonet_pidfd_open(int pid, unsigned int flags);
 long cballonet_process_madvise(int pidfd, const void *vectors, unsigned long count, int advice, unsigned int flags);
 
+// statfs(2)'s f_type of the file system holding `path` (Swift's Glibc module lacks sys/vfs.h); -1 and errno on failure.
+long cballonet_filesystem_type(const char *path);
+
 // Flag values glibc hides behind _GNU_SOURCE.
 extern const unsigned int cballonet_MFD_CLOEXEC;
 extern const int cballonet_SFD_CLOEXEC;
