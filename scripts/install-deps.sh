@@ -8,6 +8,10 @@ packages=(
   binutils git make pkg-config
   libc6-dev libgcc-12-dev libstdc++-12-dev libcurl4-openssl-dev libxml2-dev zlib1g-dev libsqlite3-0 libedit2
   tzdata
+  # Guest test image and TCG guests (packaging/guest-image): QEMU; cpio, gzip, xz and zstd to pack the
+  # initramfs and unpack kernel modules; kmod's depmod for the kernel's modules.dep; gcc for the static
+  # workload tool. The kernel and busybox-static are fetched with apt-get download, not installed.
+  qemu-system-x86 cpio gzip xz-utils zstd kmod gcc
 )
 
 missing=()
