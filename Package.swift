@@ -20,6 +20,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // The wire format: value types, encoder, incremental decoder. No I/O, no Foundation.
@@ -34,6 +35,7 @@ let package = Package(
             dependencies: [
                 "BallonetWire", "BallonetLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "GuestAgent/BallonetGuest"
         ),
@@ -56,7 +58,8 @@ let package = Package(
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",
                     exclude: ["Captures"]),
-        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetTestSupport"], path: "Tests/BallonetGuestTests"),
+        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
+                    exclude: ["Captures"]),
         .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport"], path: "Tests/BallonetHostTests"),
         // What the test targets share: running the package's built executables as a user would.
         .target(name: "BallonetTestSupport", path: "Tests/BallonetTestSupport"),

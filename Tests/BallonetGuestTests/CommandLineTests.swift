@@ -20,12 +20,15 @@ import BallonetWire
         #expect(output.trimmingCharacters(in: .whitespacesAndNewlines) == BallonetVersion.software)
     }
 
-    @Test func runningWithoutADaemonFailsAndSaysWhy() throws {
-        let (status, output) = try BuiltCommand.run("ballonet-guest", [])
-        #expect(status != 0)
-        #expect(output.contains("has no daemon"))
-        let (badStatus, badOutput) = try BuiltCommand.run("ballonet-guest", ["--no-such-flag"])
-        #expect(badStatus != 0)
-        #expect(badOutput.contains("--no-such-flag"))
+    @Test func badSettingsAreRefusedWithAClearMessage() throws {
+        let (missingStatus, missing) = try BuiltCommand.run("ballonet-guest", ["--config", "/nonexistent/guest.toml"])
+        #expect(missingStatus != 0)
+        #expect(missing.contains("/nonexistent/guest.toml"))
+        let (levelStatus, level) = try BuiltCommand.run("ballonet-guest", ["--log-level", "loud"])
+        #expect(levelStatus != 0)
+        #expect(level.contains("loud") && level.contains("debug"))
+        let (flagStatus, flag) = try BuiltCommand.run("ballonet-guest", ["--no-such-flag"])
+        #expect(flagStatus != 0)
+        #expect(flag.contains("--no-such-flag"))
     }
 }
