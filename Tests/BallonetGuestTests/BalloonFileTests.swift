@@ -8,10 +8,11 @@ import BallonetWire
 @Suite(.serialized) struct BalloonFileTests {
     /// A fresh directory with the balloon's tmpfs mounted on it, unmounted and removed afterwards.
     static func withBalloonDirectory(_ body: (String) throws -> Void) throws {
-        let directory = "/tmp/ballonet-balloon-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let parent = "/tmp/ballonet-balloon-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let directory = parent + "/run/balloon"  // parents are created as needed
         defer {
             try? FileSystem.unmount(directory, detach: true)
-            try? FileSystem.removeDirectory(directory)
+            try? FileManager.default.removeItem(atPath: parent)
         }
         try body(directory)
     }

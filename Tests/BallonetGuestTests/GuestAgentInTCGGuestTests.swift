@@ -19,7 +19,23 @@ import BallonetTestSupport
 
         let host = try TestHostPeer.connect(toQEMUPort: guest.portSocketPath)
         let sessionID = UInt64.random(in: 1...UInt64.max)
-        let hello = try host.handshake(sessionID: sessionID, timeout: .seconds(60))
+        let hello: Hello
+        do {
+            hello = try host.handshake(sessionID: sessionID, timeout: .seconds(60))
+        } catch {
+            let log = (try? guest.run("cat /run/ballonet-guest.log; ps", timeout: 30).output) ?? "(no log)"
+            Issue.record("no hello from the agent: \(error)\nagent log:\n\(log)\nconsole:\n\(guest.tail())")
+            return
+        }
+        do {
+            try exercise(guest: guest, host: host, sessionID: sessionID, hello: hello)
+        } catch {
+            let log = (try? guest.run("tail -n 40 /run/ballonet-guest.log; free -m", timeout: 30).output) ?? "(no log)"
+            Issue.record("\(error)\nagent log:\n\(log)\nconsole:\n\(guest.tail(1500))")
+        }
+    }
+
+    func exercise(guest: TCGGuest, host: PeerConnection, sessionID: UInt64, hello: Hello) throws {
         #expect(hello.role == .guest)
         #expect(hello.capabilities.contains(.pressureRelease))
 

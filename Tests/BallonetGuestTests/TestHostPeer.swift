@@ -88,7 +88,12 @@ final class PeerConnection {
             }
             for event in decoder.feed(bytes) {
                 switch event {
-                case .frame(let envelope): pending.append(envelope)
+                case .frame(let envelope):
+                    // A host answers pings, or the agent gives the session up as dead.
+                    if case .ping(let ping) = envelope.message {
+                        try send(.pong(Pong(nonce: ping.nonce)), requestID: envelope.requestID)
+                    }
+                    pending.append(envelope)
                 case .error(let error): errors.append(error)
                 }
             }
@@ -115,7 +120,8 @@ final class PeerConnection {
             }
             let left = deadline - ContinuousClock.now
             guard left > .zero, !closed else {
-                throw TestTimeout(description: "no matching frame within \(timeout); got \(pending.map(\.message.type)), closed: \(closed)")
+                throw TestTimeout(description: "no matching frame within \(timeout); got \(pending.map(\.message.type)), "
+                                  + "closed: \(closed), decode errors: \(errors), decoder: \(decoder.statistics)")
             }
             try pump(timeout: min(left, .milliseconds(200)))
         }

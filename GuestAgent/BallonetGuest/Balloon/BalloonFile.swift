@@ -55,22 +55,30 @@ public final class BalloonFile {
     private var regions: [UInt64: PinnedRegion] = [:]  // by slot index
     private var slotsInUse = Set<UInt64>()
 
-    /// Opens (creating it if need be) the balloon file in `directory`. With `mountTmpfs`, a directory
-    /// that is not on a tmpfs gets one of its own first (`huge=always` when `hugePages`).
+    /// Opens (creating it if need be) the balloon file in `directory`. With `mountTmpfs`, the directory
+    /// gets a tmpfs of its own first unless it already is one (`huge=advise` when `hugePages`); without,
+    /// it must already be on a tmpfs.
     public init(directory: String, mountTmpfs: Bool, hugePages: Bool, maxBatchPages: UInt64) throws {
         slotBytes = (maxBatchPages * wirePageSize + Self.twoMiB - 1) / Self.twoMiB * Self.twoMiB
         self.hugePages = hugePages
-        if !FileSystem.exists(directory) {
-            try FileSystem.makeDirectory(directory, permissions: 0o700)
-        }
-        if try !FileSystem.isOnTmpfs(directory) {
-            guard mountTmpfs else {
+        try Self.makeDirectories(directory)
+        // A tmpfs of its own, not merely any tmpfs: /run is one too, but capped at half of RAM and shared
+        // with everything else there. A directory that is already a tmpfs mount point is the agent's
+        // own from an earlier run (after a crash), holding the balloon to adopt.
+        let parent = directory.split(separator: "/").dropLast().joined(separator: "/")
+        let isMountPoint = try FileSystem.status(ofPath: directory).device != FileSystem.status(ofPath: "/" + parent).device
+        let onTmpfs = try FileSystem.isOnTmpfs(directory)
+        if !mountTmpfs {
+            guard onTmpfs else {
                 throw BalloonSetupError("\(directory) is not on a tmpfs, and mounting one is turned off ([balloon] mount_tmpfs): "
                                         + "the balloon file must live in RAM")
             }
+        } else if !(isMountPoint && onTmpfs) {
             do {
                 try FileSystem.mount(source: "ballonet-balloon", target: directory, type: "tmpfs",
-                                     data: "mode=0700" + (hugePages ? ",huge=advise" : ",huge=never"))
+                                     // size=100%: a tmpfs holds half of RAM by default, and the balloon may
+                                     // need more; the floor, not the mount, is what limits it.
+                                     data: "mode=0700,size=100%" + (hugePages ? ",huge=advise" : ",huge=never"))
             } catch {
                 throw BalloonSetupError("cannot mount the balloon's tmpfs on \(directory): \(error)"
                                         + (error.errno == .EPERM ? " (mounting needs CAP_SYS_ADMIN)" : ""))
@@ -79,6 +87,15 @@ public final class BalloonFile {
         path = directory + "/" + Self.fileName
         file = try FileDescriptor.open(path, .readWrite, options: [.create], permissions: 0o600)
         pagemap = try ProcFiles.openPagemap()
+    }
+
+    /// Creates `directory` and any missing parents (as `mkdir -p`), owner-only.
+    static func makeDirectories(_ directory: String) throws {
+        var path = ""
+        for component in directory.split(separator: "/") {
+            path += "/" + component
+            if !FileSystem.exists(path) { try FileSystem.makeDirectory(path, permissions: 0o700) }
+        }
     }
 
     /// Pages pinned now.
