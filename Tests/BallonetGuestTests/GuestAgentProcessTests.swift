@@ -172,6 +172,23 @@ import BallonetTestSupport
         #expect(second.log.contains("re-adopted"))
     }
 
+    @Test func sigtermTellsTheHostReleasesTheBalloonAndExits() throws {
+        let scratch = try Scratch()
+        let host = try TestHostPeer(path: scratch.socketPath)
+        let agent = try scratch.startAgent()
+        _ = try host.handshake()
+        let connection = try #require(host.connection)
+        _ = try Self.inflate(connection, host: host, to: 32 * Self.mib)
+        agent.kill(.terminate)
+        let deflate = try connection.next { if case .deflateReport = $0 { true } else { false } }
+        guard case .deflateReport(let report) = deflate.message else { return }
+        #expect(report.reason == .shutdown)
+        #expect(report.balloonPagesAfter == 0 && report.ranges.pageCount == 32 * Self.mib)
+        _ = try connection.next { if case .goodbye(let goodbye) = $0 { goodbye.reason == .shutdown } else { false } }
+        #expect(agent.waitForExit(timeout: .seconds(10)) == 0)
+        #expect(try scratch.allocatedBytes() == 0)
+    }
+
     @Test func malformedFramesResetTheSessionAndTheAgentKeepsRunning() throws {
         let scratch = try Scratch()
         let host = try TestHostPeer(path: scratch.socketPath)
