@@ -61,8 +61,9 @@ let package = Package(
         .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport"], path: "Tests/BallonetHostTests"),
-        // What the test targets share: running the package's built executables as a user would.
-        .target(name: "BallonetTestSupport", path: "Tests/BallonetTestSupport"),
+        // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests
+        // booted from the guest test image, and a host peer that speaks the wire protocol.
+        .target(name: "BallonetTestSupport", dependencies: ["BallonetWire", "BallonetLinux"], path: "Tests/BallonetTestSupport"),
     ],
     swiftLanguageModes: [.v6]
 )

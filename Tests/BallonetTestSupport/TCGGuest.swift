@@ -156,7 +156,7 @@ public final class TCGGuest: @unchecked Sendable {
         // QEMU creates its sockets before it starts the (paused) machine; wait for them.
         let console: ConsoleConnection
         do {
-            let consoleFD = try UnixSocket.connect(path: consoleSocket, retryFor: 20, while: { process.isRunning })
+            let consoleFD = try RetryingUnixSocket.connect(path: consoleSocket, retryFor: 20, while: { process.isRunning })
             console = ConsoleConnection(fd: consoleFD, logPath: path("console.log"))
             let qmp = try QMPConnection(path: qmpSocket, retryFor: 20, while: { process.isRunning })
             defer { qmp.close() }
@@ -455,7 +455,7 @@ final class QMPConnection {
     private var pending: [UInt8] = []
 
     init(path: String, retryFor seconds: TimeInterval, while alive: () -> Bool) throws {
-        fd = try UnixSocket.connect(path: path, retryFor: seconds, while: alive)
+        fd = try RetryingUnixSocket.connect(path: path, retryFor: seconds, while: alive)
         do {
             _ = try readLine(until: { $0.contains("\"QMP\"") }, timeout: 20)
             _ = try execute(#"{"execute":"qmp_capabilities"}"#, timeout: 20)
@@ -506,7 +506,7 @@ final class QMPConnection {
     func close() { Glibc.close(fd) }
 }
 
-enum UnixSocket {
+enum RetryingUnixSocket {
     /// Connects to the UNIX socket at `path`, retrying while it does not exist yet (or refuses) and
     /// `alive()` says the server may still create it.
     static func connect(path: String, retryFor seconds: TimeInterval, while alive: () -> Bool) throws -> Int32 {
