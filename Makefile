@@ -12,7 +12,7 @@ FUZZ_CORPUS := Fuzz/corpus/decoder
 CHECK_FUZZ_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 
-.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire demo clean
+.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest demo clean
 
 ## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
 ## The test runner's summary is the last thing it prints.
@@ -60,6 +60,13 @@ bench-wire:
 	$(SWIFT) build -c release --product ballonet-bench-wire
 	@mkdir -p docs/benchmarks
 	.build/release/ballonet-bench-wire | tee docs/benchmarks/wire.md
+
+## bench-guest: the agent's balloon against the kernel's virtio-balloon in one TCG guest, and what the
+## agent costs; keeps its report in docs/benchmarks/guest.md. Needs root (installs QEMU via deps).
+bench-guest: deps
+	$(SWIFT) build -c release --product ballonet-bench-guest
+	@mkdir -p docs/benchmarks
+	.build/release/ballonet-bench-guest | tee docs/benchmarks/guest.md
 
 demo:
 	@echo "make demo arrives with the host agent: it will boot small guests and show Ballonet at work." >&2

@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "ballonet-host", targets: ["ballonet-host"]),
         .executable(name: "ballonetctl", targets: ["ballonetctl"]),
         .executable(name: "ballonet-bench-wire", targets: ["ballonet-bench-wire"]),
+        .executable(name: "ballonet-bench-guest", targets: ["ballonet-bench-guest"]),
         .library(name: "BallonetWire", targets: ["BallonetWire"]),
         .library(name: "BallonetLinux", targets: ["BallonetLinux"]),
     ],
@@ -54,6 +55,9 @@ let package = Package(
 
         // `make bench-wire`: encode/decode throughput and bytes on the wire (docs/BENCHMARKS.md).
         .executableTarget(name: "ballonet-bench-wire", dependencies: ["BallonetWire"], path: "Benchmarks/WireBench"),
+        // `make bench-guest`: the agent's balloon against the kernel's virtio-balloon in one TCG guest.
+        .executableTarget(name: "ballonet-bench-guest", dependencies: ["BallonetGuest", "BallonetTestSupport"],
+                          path: "Benchmarks/GuestBench"),
 
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",

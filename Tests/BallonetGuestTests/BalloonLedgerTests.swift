@@ -82,8 +82,9 @@ import BallonetWire
     }
 
     @Test func neverInflatesBelowTheFloor() {
-        #expect(nextBalloonStep(observe(target: 50_000, balloon: 0, available: 10_500), limits: limits) == .inflate(pages: 500))
-        #expect(nextBalloonStep(observe(target: 50_000, balloon: 0, available: 10_000), limits: limits) == .hold(why: .atFloor))
+        // The floor (10,000 pages) plus one batch of margin is where inflation stops.
+        #expect(nextBalloonStep(observe(target: 50_000, balloon: 0, available: 11_524), limits: limits) == .inflate(pages: 500))
+        #expect(nextBalloonStep(observe(target: 50_000, balloon: 0, available: 11_024), limits: limits) == .hold(why: .atFloor))
         #expect(nextBalloonStep(observe(target: 50_000, balloon: 0, available: 3_000), limits: limits) == .hold(why: .atFloor))
     }
 
@@ -97,7 +98,13 @@ import BallonetWire
         #expect(nextBalloonStep(observe(target: 1000, balloon: 5096, releasable: 0), limits: limits) == .hold(why: .cannotReleaseYet))
     }
 
-    @Test func pressureReleasesEverythingReleasableAndHoldsInflationBack() {
+    @Test func pressureReleasesWhatRestoresTheFloorOrEverythingOnAStall() {
+        // Under the floor: the deficit to floor + two batches (10,000 + 2,048 − 9,000 = 3,048 pages).
+        #expect(nextBalloonStep(observe(target: 50_000, balloon: 8192, releasable: 6144, available: 9_000, pressure: true), limits: limits)
+                == .deflate(pages: 3_048, because: .pressure))
+        #expect(nextBalloonStep(observe(target: 50_000, balloon: 8192, releasable: 2_000, available: 9_000, pressure: true), limits: limits)
+                == .deflate(pages: 2_000, because: .pressure))
+        // A stall with plenty free: everything releasable goes.
         #expect(nextBalloonStep(observe(target: 50_000, balloon: 8192, releasable: 6144, pressure: true), limits: limits)
                 == .deflate(pages: 6144, because: .pressure))
         #expect(nextBalloonStep(observe(target: 50_000, balloon: 0, heldBack: true), limits: limits) == .hold(why: .backingOffAfterPressure))

@@ -56,24 +56,23 @@ import BallonetTestSupport
         // A hog wants 300 MiB: more than is free beside the balloon. The agent must give way in time.
         let hog = try guest.run("ballonet-workload hold 300 > /tmp/hog.log 2>&1 & echo started", timeout: 30)
         #expect(hog.output.contains("started"))
+        // The agent gives back what restores its floor, batch after batch, as the hog grows.
         var released: UInt64 = 0
         var reasons = Set<UInt8>()
-        while balloon > 0 {
-            let envelope = try host.next(timeout: .seconds(120)) { if case .deflateReport = $0 { true } else { false } }
-            guard case .deflateReport(let report) = envelope.message else { continue }
-            released += report.ranges.pageCount
-            reasons.insert(report.reason.rawValue)
-            balloon = report.balloonPagesAfter
-            if report.balloonPagesAfter < target - 300 * 256 / 2 { break }
-        }
-        #expect(reasons == [DeflateReason.guestPressure.rawValue])
         var held = ""
-        for _ in 0..<60 {
+        for _ in 0..<90 {
+            for envelope in try host.collect(for: .seconds(1)) {
+                if case .deflateReport(let report) = envelope.message {
+                    released += report.ranges.pageCount
+                    reasons.insert(report.reason.rawValue)
+                }
+            }
             held = try guest.run("cat /tmp/hog.log", timeout: 30).output
             if held.contains("held 300") { break }
-            Thread.sleep(forTimeInterval: 1)
         }
         #expect(held.contains("held 300"), "the hog got its memory: \(held)\nconsole:\n\(guest.tail())")
+        #expect(released > 0)
+        #expect(reasons == [DeflateReason.guestPressure.rawValue])
         let dmesg = try guest.run("dmesg | grep -ci -e 'out of memory' -e 'oom-kill' -e 'killed process'", timeout: 30).output
         #expect(dmesg.trimmingCharacters(in: .whitespacesAndNewlines).hasPrefix("0"), "no OOM kill in the guest: \(dmesg)")
         #expect(try guest.run("pidof ballonet-guest", timeout: 30).status == 0, "the agent is still running")

@@ -297,6 +297,10 @@ public final class GuestDaemon {
     /// One step of the balloon toward the target; true if it did something (so the loop comes straight back).
     func stepBalloon(now: UInt64) -> Bool {
         let connected = session.hostSession != nil && targetKnown
+        if connected && session.targetPages > ledger.pinnedPages, let meminfo = try? ProcFiles.meminfo() {
+            // Before each batch, what the kernel says now: the floor check must not run on a stale figure.
+            availablePages = meminfo.memAvailable / wirePageSize
+        }
         let observation = BalloonObservation(
             targetPages: connected ? session.targetPages : ledger.pinnedPages,
             balloonPages: ledger.pinnedPages, releasablePages: ledger.releasablePages,
@@ -333,7 +337,6 @@ public final class GuestDaemon {
                 send(.inflateReport(InflateReport(hostSessionID: hostSession, batchID: id, pageOrder: pinned.pageOrder,
                                                   balloonPagesAfter: ledger.pinnedPages, ranges: pinned.ranges)))
             }
-            availablePages = availablePages > pinned.pageCount ? availablePages - pinned.pageCount : 0
             return true
         } catch {
             logger.error("cannot pin \(pages / 256) MiB: \(error); holding inflation for \(settings.pressure.backoffMillis / 1000) s")

@@ -74,6 +74,13 @@ public enum HoldReason: Equatable, Sendable {
 public func nextBalloonStep(_ now: BalloonObservation, limits: BalloonLimits) -> BalloonStep {
     if now.underPressure {
         guard now.releasablePages > 0 else { return .hold(why: .cannotReleaseYet) }
+        // Free memory under the floor: give back what restores it with a margin of two batches, not the
+        // whole balloon (a 1 MiB breach must not cost the host 700 MiB). A stall with memory above that
+        // line is pressure the balloon cannot measure by size: give back everything it may.
+        let line = limits.floorPages + 2 * limits.batchPages
+        if now.availablePages < line {
+            return .deflate(pages: min(now.releasablePages, line - now.availablePages), because: .pressure)
+        }
         return .deflate(pages: now.releasablePages, because: .pressure)
     }
     if now.balloonPages > now.targetPages {
@@ -85,8 +92,11 @@ public func nextBalloonStep(_ now: BalloonObservation, limits: BalloonLimits) ->
     guard wanted > 0 else { return .hold(why: .atTarget) }
     guard !now.inflationHeldBack else { return .hold(why: .backingOffAfterPressure) }
     guard now.unansweredBatches < limits.maxUnansweredBatches else { return .hold(why: .waitingForAnswers) }
-    guard now.availablePages > limits.floorPages else { return .hold(why: .atFloor) }
-    let room = now.availablePages - limits.floorPages
+    // One batch of margin above the floor: MemAvailable moves while a batch is pinned, and the guard
+    // must not fire on the balloon's own last batch.
+    let stop = limits.floorPages + limits.batchPages
+    guard now.availablePages > stop else { return .hold(why: .atFloor) }
+    let room = now.availablePages - stop
     let pages = min(wanted, limits.batchPages, room)
     return .inflate(pages: pages)
 }

@@ -1,0 +1,201 @@
+// `make bench-guest`: the guest agent's balloon against the kernel's virtio-balloon, side by side in one
+// boot of one TCG guest, plus what the agent costs: PFN reports per GiB, its own memory, its idle CPU.
+// Prints a Markdown report (the Makefile keeps a copy in docs/benchmarks/guest.md). Needs root and QEMU.
+import BallonetGuest
+import BallonetLinux
+import BallonetTestSupport
+import BallonetWire
+import Foundation
+
+let mib: UInt64 = 256  // pages
+let guestMiB = 1024
+let balloonMiB: UInt64 = 768
+
+func seconds(since start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+}
+
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("bench-guest: \(message)\n".utf8))
+    exit(1)
+}
+
+// MARK: PFN reports, on this machine's kernel
+
+/// Pins 1 GiB in default batches on a tmpfs of its own, then times reading every batch's frames from
+/// pagemap and encoding its report: what one report costs the agent, per GiB of balloon.
+func reportCostPerGiB(hugePages: Bool) throws -> (milliseconds: Double, bytes: Int, ranges: Int) {
+    let directory = "/tmp/ballonet-bench-\(getpid())/balloon-\(hugePages)"
+    defer {
+        try? FileSystem.unmount(directory, detach: true)
+        try? FileManager.default.removeItem(atPath: "/tmp/ballonet-bench-\(getpid())")
+    }
+    let balloon = try BalloonFile(directory: directory, mountTmpfs: true, hugePages: hugePages, maxBatchPages: 4 * mib)
+    var batches: [PinnedBatch] = []
+    for _ in 0..<256 { batches.append(try balloon.pin(pages: 4 * mib)) }
+    defer { for batch in batches { try? balloon.release(batchAt: batch.fileOffset) } }
+    var bytes = 0, ranges = 0
+    let start = ContinuousClock.now
+    for (index, batch) in batches.enumerated() {
+        let (list, order) = try balloon.frames(ofBatchAt: batch.fileOffset)
+        ranges += list.count
+        bytes += try FrameEncoder.encode(.inflateReport(InflateReport(hostSessionID: 1, batchID: UInt64(index), pageOrder: order,
+                                                                      balloonPagesAfter: 0, ranges: list))).count
+    }
+    return (seconds(since: start) * 1000, bytes, ranges)
+}
+
+// MARK: The TCG guest
+
+func qmpNumber(_ answer: String, _ key: String) -> UInt64? {
+    guard let range = answer.range(of: "\"\(key)\":") else { return nil }
+    return UInt64(answer[range.upperBound...].drop { $0 == " " }.prefix { $0.isNumber })
+}
+
+/// Asks the kernel's virtio-balloon for `targetMiB` of guest RAM and returns the seconds until QEMU
+/// reports it there (within 4 MiB).
+func kernelBalloon(_ guest: TCGGuest, toMiB targetMiB: UInt64) throws -> Double {
+    let start = ContinuousClock.now
+    _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#(targetMiB << 20)}}"#)
+    while true {
+        let actual = qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0
+        if actual >> 20 >= targetMiB - 4 && actual >> 20 <= targetMiB + 4 { return seconds(since: start) }
+        if seconds(since: start) > 600 { fail("virtio-balloon stuck at \(actual >> 20) MiB on the way to \(targetMiB) MiB") }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+}
+
+/// Sets the agent's target and acknowledges every batch at once (as a host that reclaims instantly);
+/// returns the seconds until the balloon reports the target, and the page order of the batches.
+func agentBalloon(_ host: PeerConnection, session: UInt64, toPages target: UInt64) throws -> (seconds: Double, hugeBatches: Int, batches: Int) {
+    let start = ContinuousClock.now
+    try host.send(.setTarget(SetTarget(balloonPages: target)))
+    var size: UInt64 = .max, huge = 0, batches = 0
+    while size != target {
+        let envelope = try host.next(timeout: .seconds(600)) {
+            switch $0 { case .inflateReport, .deflateReport: true; default: false }
+        }
+        switch envelope.message {
+        case .inflateReport(let report):
+            size = report.balloonPagesAfter
+            batches += 1
+            if report.pageOrder == 9 { huge += 1 }
+            try host.send(.reclaimAck(ReclaimAck(hostSessionID: session, batchID: report.batchID, reclaimedPages: report.ranges.pageCount)))
+        case .deflateReport(let report):
+            size = report.balloonPagesAfter
+        default: break
+        }
+    }
+    return (seconds(since: start), huge, batches)
+}
+
+func startAgent(_ guest: TCGGuest, _ flags: String) throws -> (PeerConnection, UInt64) {
+    _ = try guest.run("ballonet-guest --log-level notice \(flags) > /run/ballonet-guest.log 2>&1 &", timeout: 30)
+    let host = try TestHostPeer.connect(toQEMUPort: guest.portSocketPath)
+    let session = UInt64.random(in: 1...UInt64.max)
+    _ = try host.handshake(sessionID: session, timeout: .seconds(120))
+    return (host, session)
+}
+
+func stopAgent(_ guest: TCGGuest, _ host: PeerConnection) throws {
+    _ = try guest.run("kill $(pidof ballonet-guest); while pidof ballonet-guest >/dev/null; do sleep 0.1; done", timeout: 60)
+    _ = try? host.collect(for: .milliseconds(200))
+}
+
+/// Touches `megabytes` of guest memory and frees it, so the pages the balloon takes were in use (and
+/// backed by the host) first, as in a guest that has run a while.
+func touchGuestMemory(_ guest: TCGGuest, megabytes: Int) throws {
+    let run = try guest.run("ballonet-workload hold \(megabytes) > /tmp/touch.log 2>&1 & p=$!; "
+                            + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: 300)
+    guard run.status == 0 else { fail("touching guest memory failed: \(run.output)") }
+}
+
+func fieldKiB(_ status: String, _ name: String) -> UInt64 {
+    for line in status.split(separator: "\n") where line.hasPrefix(name + ":") {
+        return UInt64(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? 0
+    }
+    return 0
+}
+
+func ticks(_ stat: String) -> UInt64 {
+    // /proc/<pid>/stat: fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+    guard let close = stat.lastIndex(of: ")") else { return 0 }
+    let fields = stat[stat.index(after: close)...].split(separator: " ")
+    return (UInt64(fields[11]) ?? 0) + (UInt64(fields[12]) ?? 0)
+}
+
+guard getuid() == 0 else { fail("run as root: the agent mounts a tmpfs and pins pages") }
+print("# Guest agent benchmark")
+print()
+print("Ballonet \(BallonetVersion.software). Inflate \(balloonMiB) MiB of a \(guestMiB) MiB TCG guest (memfd-backed RAM, 1 vCPU) "
+      + "whose memory was touched first; the kernel's virtio-balloon and ballonet-guest in the same boot, one after the other. "
+      + "The host side of ballonet-guest acknowledges each batch at once (it reclaims nothing here), so the rates are the guest's own.")
+print()
+
+let agentBinary = try GuestImage.buildStaticAgent()
+let image = try GuestImage.ensureBuilt(agent: agentBinary)
+let work = try TCGGuest.makeWorkDirectory(prefix: "bench-guest")
+let guest = try TCGGuest.boot(name: "bench-guest", memoryMiB: guestMiB, kernel: image.kernel, initramfs: image.initramfs,
+                              virtioBalloon: true, workDirectory: work)
+defer { guest.stop() }
+_ = try guest.waitUntilReady(timeout: 300)
+_ = try guest.run("modprobe virtio_balloon 2>/dev/null; true", timeout: 30)
+
+var rows: [(String, Double, Double, String)] = []
+try touchGuestMemory(guest, megabytes: Int(balloonMiB))
+let kernelInflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB) - balloonMiB)
+let kernelDeflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB))
+rows.append(("kernel virtio-balloon (QMP balloon)", Double(balloonMiB) / kernelInflate, Double(balloonMiB) / kernelDeflate, "4 KiB pages"))
+
+var rssLine = ""
+var idleLine = ""
+for (name, flags) in [("ballonet-guest, 2 MiB pages (default)", ""), ("ballonet-guest, 4 KiB pages (--no-huge-pages)", "--no-huge-pages")] {
+    try touchGuestMemory(guest, megabytes: Int(balloonMiB))
+    let (host, session) = try startAgent(guest, flags)
+    let inflate = try agentBalloon(host, session: session, toPages: balloonMiB * mib)
+    let deflate = try agentBalloon(host, session: session, toPages: 0)
+    rows.append((name, Double(balloonMiB) / inflate.seconds, Double(balloonMiB) / deflate.seconds,
+                 "\(inflate.hugeBatches) of \(inflate.batches) batches in 2 MiB pages"))
+    if flags.isEmpty {
+        // The agent's own cost, measured on the default agent once it is idle (connected, sampling).
+        let status = try guest.run("cat /proc/$(pidof ballonet-guest)/status", timeout: 30).output
+        // Everything resident but the balloon (the only memory the agent locks); the binary's own pages
+        // count too, as they live in the initramfs's RAM.
+        let own = fieldKiB(status, "VmRSS") - fieldKiB(status, "VmLck")
+        rssLine = "Agent memory outside the balloon: \(own) kB (VmRSS \(fieldKiB(status, "VmRSS")) kB − VmLck \(fieldKiB(status, "VmLck")) kB; "
+            + "RssAnon \(fieldKiB(status, "RssAnon")) kB, RssFile \(fieldKiB(status, "RssFile")) kB, RssShmem \(fieldKiB(status, "RssShmem")) kB; goal ≤ 8 MiB)."
+        let before = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
+        let idleStart = ContinuousClock.now
+        _ = try host.collect(for: .seconds(30))  // answers pings, takes samples
+        let after = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
+        let percent = Double(after - before) / 100 / seconds(since: idleStart) * 100
+        idleLine = "Agent CPU while idle (connected, sampling every 10 s) over \(Int(seconds(since: idleStart))) s: "
+            + String(format: "%.2f", percent) + " % of one vCPU (\(after - before) ticks of 10 ms; goal ≤ 0.2 %)."
+    }
+    let log = try guest.run("grep -v ' info ' /run/ballonet-guest.log | tail -n 12", timeout: 30).output
+    FileHandle.standardError.write(Data("--- \(name): agent log (notices and worse)\n\(log)\n".utf8))
+    try stopAgent(guest, host)
+}
+
+print("| balloon | inflate MiB/s | deflate MiB/s | pages |")
+print("| --- | ---: | ---: | --- |")
+for row in rows {
+    print("| \(row.0) | \(String(format: "%.0f", row.1)) | \(String(format: "%.0f", row.2)) | \(row.3) |")
+}
+let kernelRate = rows[0].1
+print()
+print("Inflate against the kernel's: " + rows.dropFirst().map { "\($0.0): \(String(format: "%.1f", $0.1 / kernelRate))×" }.joined(separator: "; ") + ".")
+print()
+print(rssLine)
+print()
+print(idleLine)
+print()
+print("## PFN reports (on this host's kernel, 1 GiB pinned in 4 MiB batches)")
+print()
+print("| pages | read pagemap and encode 256 reports | ranges | bytes |")
+print("| --- | ---: | ---: | ---: |")
+for huge in [true, false] {
+    let cost = try reportCostPerGiB(hugePages: huge)
+    print("| \(huge ? "2 MiB" : "4 KiB") | \(String(format: "%.1f", cost.milliseconds)) ms per GiB | \(cost.ranges) | \(cost.bytes) |")
+}
