@@ -67,6 +67,9 @@ public final class GuestDaemon {
     /// How often once MemAvailable is within twice the floor: a guest without swap can go from there to
     /// the OOM killer in well under a second when something allocates fast, so look ten times as often.
     static let nearFloorCheckMillis: UInt64 = 100
+    /// How often while MemAvailable is falling by a batch or more between looks: something is allocating
+    /// fast (at TCG speeds, hundreds of MiB a second), and only a prompt release keeps the OOM killer away.
+    static let fallingCheckMillis: UInt64 = 10
     /// The PSI trigger: wake when tasks stall on memory 100 ms within any 1 s window (the kernel's
     /// minimum window is 500 ms; 10 % stall is where reclaim starts to hurt latency).
     static let psiTrigger = "some 100000 1000000"
@@ -104,6 +107,13 @@ public final class GuestDaemon {
             try FileSystem.writeFile("/proc/sys/vm/compact_unevictable_allowed", "0\n")
         } catch {
             logger.warning("cannot set vm.compact_unevictable_allowed=0: \(error); pinned pages may move, so reports are re-read before every send")
+        }
+        // Killing the agent frees nothing (the balloon lives in its tmpfs file) and would leave the guest
+        // without the one process that can give the balloon back: keep the OOM killer off it.
+        do {
+            try FileSystem.writeFile("/proc/self/oom_score_adj", "-1000\n")
+        } catch {
+            logger.warning("cannot set oom_score_adj: \(error); the OOM killer may pick the agent, which frees nothing")
         }
         if let limit = try? ResourceLimit.current(.lockedMemory), limit.soft != ResourceLimit.unlimited {
             let wanted = ResourceLimit(soft: ResourceLimit.unlimited, hard: ResourceLimit.unlimited)
@@ -374,9 +384,11 @@ public final class GuestDaemon {
     func checkPressure(now: UInt64) {
         let meminfo = try? ProcFiles.meminfo()
         let psi = try? ProcFiles.memoryPressure()
+        let previous = availablePages
         availablePages = (meminfo?.memAvailable ?? 0) / wirePageSize
+        let falling = previous > availablePages && previous - availablePages >= settings.limits.batchPages
         let nearFloor = availablePages < 2 * settings.limits.floorPages
-        nextPressureCheckMillis = now + (nearFloor ? Self.nearFloorCheckMillis : Self.idleCheckMillis)
+        nextPressureCheckMillis = now + (falling ? Self.fallingCheckMillis : nearFloor ? Self.nearFloorCheckMillis : Self.idleCheckMillis)
         let assessment = pressure.assess(psiSomeAvg10: psi?.some?.avg10, availablePages: availablePages, nowMillis: now)
         if assessment.underPressure && !lastAssessment.underPressure {
             logger.warning("memory pressure: \(assessment.reason ?? "")")
