@@ -1,4 +1,5 @@
 import Foundation
+import BallonetLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -508,33 +509,16 @@ final class QMPConnection {
 
 enum RetryingUnixSocket {
     /// Connects to the UNIX socket at `path`, retrying while it does not exist yet (or refuses) and
-    /// `alive()` says the server may still create it.
+    /// `alive()` says the server may still create it. Returns the raw descriptor, owned by the caller.
     static func connect(path: String, retryFor seconds: TimeInterval, while alive: () -> Bool) throws -> Int32 {
         let deadline = Date().addingTimeInterval(seconds)
         while true {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { throw TCGGuest.Failure("socket() failed: errno \(errno)") }
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            let pathBytes = Array(path.utf8)
-            guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-                Glibc.close(fd)
-                throw TCGGuest.Failure("socket path too long: \(path)")
-            }
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                raw.copyBytes(from: pathBytes)
-                raw[pathBytes.count] = 0
-            }
-            let result = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            do {
+                return try BallonetLinux.UnixSocket.connect(to: path).take()
+            } catch {
+                guard error.errno == .ENOENT || error.errno == .ECONNREFUSED, alive(), Date() < deadline else {
+                    throw TCGGuest.Failure("cannot connect to \(path): \(error)")
                 }
-            }
-            if result == 0 { return fd }
-            let error = errno
-            Glibc.close(fd)
-            guard (error == ENOENT || error == ECONNREFUSED), alive(), Date() < deadline else {
-                throw TCGGuest.Failure("cannot connect to \(path): errno \(error)")
             }
             usleep(10_000)
         }

@@ -1,7 +1,8 @@
 /*
  * ballonet-workload: memory workloads that the guest test image runs inside TCG guests.
  *
- *   ballonet-workload hold MIB                     allocate and touch MIB MiB, print "held MIB MiB", keep it until killed
+ *   ballonet-workload hold MIB [MIB_PER_S]         allocate and touch MIB MiB (at most MIB_PER_S a second, as an
+ *                                                  application ramping up), print "held MIB MiB", keep it until killed
  *   ballonet-workload churn MIB SECONDS            re-touch MIB MiB for SECONDS, print the touch rate every second
  *   ballonet-workload pattern MIB SECONDS [SEED]   fill MIB MiB with a seeded pattern, re-verify it every second
  *   ballonet-workload alloc-until-fail STEP_MIB [MAX_MIB]
@@ -47,7 +48,7 @@ static void say(const char *format, ...) {
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: ballonet-workload hold MIB\n"
+            "usage: ballonet-workload hold MIB [MIB_PER_S]\n"
             "       ballonet-workload churn MIB SECONDS\n"
             "       ballonet-workload pattern MIB SECONDS [SEED]\n"
             "       ballonet-workload alloc-until-fail STEP_MIB [MAX_MIB]\n");
@@ -80,13 +81,24 @@ static void touch_pages(unsigned char *memory, size_t bytes, unsigned char value
     for (size_t offset = 0; offset < bytes; offset += page_size) memory[offset] = value;
 }
 
-static int hold(uint64_t mib) {
+static int hold(uint64_t mib, uint64_t mib_per_second) {
     unsigned char *memory = map_mib(mib);
     if (memory == NULL) {
         say("hold: cannot map %" PRIu64 " MiB: %s", mib, strerror(errno));
         return EXIT_ALLOCATION;
     }
-    touch_pages(memory, mib * mebibyte, 1);
+    if (mib_per_second == 0) {
+        touch_pages(memory, mib * mebibyte, 1);
+    } else {
+        /* One MiB at a time, with a pause of 1/MIB_PER_S after each. Never a catch-up burst: a guest
+         * whose vCPU was descheduled on the host must not then allocate faster than the rate. */
+        double interval = 1.0 / (double)mib_per_second;
+        struct timespec pause_for = { (time_t)interval, (long)((interval - (double)(time_t)interval) * 1e9) };
+        for (uint64_t done = 0; done < mib; done++) {
+            touch_pages(memory + done * mebibyte, mebibyte, 1);
+            nanosleep(&pause_for, NULL);
+        }
+    }
     say("held %" PRIu64 " MiB pid=%ld", mib, (long)getpid());
     for (;;) pause(); /* until a signal ends the process */
 }
@@ -203,9 +215,10 @@ int main(int argc, char **argv) {
     const uint64_t max_seconds = 7 * 24 * 3600;
     if (argc < 2) return usage();
     const char *command = argv[1];
-    if (strcmp(command, "hold") == 0 && argc == 3) {
+    if (strcmp(command, "hold") == 0 && (argc == 3 || argc == 4)) {
         uint64_t mib = parse_count(argv[2], max_mib);
-        return mib ? hold(mib) : usage();
+        uint64_t rate = argc == 4 ? parse_count(argv[3], max_mib) : 0;
+        return mib && (argc == 3 || rate) ? hold(mib, rate) : usage();
     }
     if (strcmp(command, "churn") == 0 && argc == 4) {
         uint64_t mib = parse_count(argv[2], max_mib), seconds = parse_count(argv[3], max_seconds);
