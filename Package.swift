@@ -22,6 +22,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        // The host daemon only: the guest agent stays a plain poll loop to keep its memory small.
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The wire format: value types, encoder, incremental decoder. No I/O, no Foundation.
@@ -30,11 +32,13 @@ let package = Package(
         .target(name: "BallonetLinux", dependencies: ["CBallonetLinux"], path: "Shared/BallonetLinux"),
         // Wrappers for the glibc calls Swift's Glibc module cannot reach (_GNU_SOURCE-only or variadic).
         .target(name: "CBallonetLinux", path: "Shared/CBallonetLinux"),
+        // The TOML subset both agents' configuration files are written in, parsed without a dependency.
+        .target(name: "BallonetConfig", path: "Shared/BallonetConfig"),
 
         .target(
             name: "BallonetGuest",
             dependencies: [
-                "BallonetWire", "BallonetLinux",
+                "BallonetWire", "BallonetLinux", "BallonetConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -45,12 +49,16 @@ let package = Package(
         .target(
             name: "BallonetHost",
             dependencies: [
-                "BallonetWire", "BallonetLinux",
+                "BallonetWire", "BallonetLinux", "BallonetConfig",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "HostAgent/BallonetHost"
         ),
-        .executableTarget(name: "ballonet-host", dependencies: ["BallonetHost"], path: "HostAgent/ballonet-host"),
+        .executableTarget(name: "ballonet-host", dependencies: [
+            "BallonetHost", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "HostAgent/ballonet-host"),
         .executableTarget(name: "ballonetctl", dependencies: ["BallonetHost"], path: "HostAgent/ballonetctl"),
 
         // `make bench-wire`: encode/decode throughput and bytes on the wire (docs/BENCHMARKS.md).
@@ -62,7 +70,7 @@ let package = Package(
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",
                     exclude: ["Captures"]),
-        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
+        .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetConfig", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport"], path: "Tests/BallonetHostTests"),
         // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests

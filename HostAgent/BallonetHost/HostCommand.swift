@@ -1,35 +1,143 @@
 import ArgumentParser
+import BallonetConfig
+import BallonetLinux
 import BallonetWire
+import Foundation
+import Logging
+import ServiceLifecycle
 
-/// `ballonet-host`: the daemon beside QEMU. Its subcommands (run, simulate, admit) arrive with the
-/// host-agent, policy and libvirt work; until then it answers --help and --version only.
-public struct HostCommand: ParsableCommand {
+/// `ballonet-host`: the daemon beside QEMU.
+@available(macOS 10.15, *)  // ArgumentParser runs an async root command only with this, even on Linux.
+public struct HostCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ballonet-host",
         abstract: "Ballonet host agent: overcommits VM memory safely by ballooning, swapping and page sharing.",
         discussion: """
-            ballonet-host runs beside QEMU (under libvirt or on its own). It decides each VM's memory target \
-            from its shares, an idle memory tax and its sampled working set, drives the ballonet-guest \
-            balloon in each VM over the virtio-serial port org.ballonet.0, and gives the host the memory \
-            behind balloon pages back (hole punching for memfd-backed RAM, pageout otherwise). When \
-            ballooning cannot do enough it swaps guest memory at hypervisor level, and it steers KSM page \
-            sharing. It discards guest memory only behind pages a guest reported pinned in the current \
-            session and not yet acknowledged.
+            ballonet-host runs beside QEMU. It drives the ballonet-guest balloon in each VM over the \
+            virtio-serial port org.ballonet.0 and gives the host the memory behind balloon pages back: hole \
+            punching for memfd-backed guest RAM, pageout for anonymous RAM. It discards guest memory only \
+            behind pages the guest reported pinned in the current session and not yet acknowledged, and only \
+            after checking every reported page against the VM's RAM map; anything else a guest sends is \
+            refused and logged, never acted on.
 
-            Config:  /etc/ballonet/host.toml
-
-            This version carries the wire format only; the daemon is not in it yet, so the command does \
-            nothing but answer --help and --version.
+            Config:  /etc/ballonet/host.toml (see packaging/host.toml for every key, commented)
+            Control: ballonetctl, over /run/ballonet/control.sock
             """,
-        version: BallonetVersion.software
+        version: BallonetVersion.software,
+        subcommands: [Run.self]
     )
 
     public init() {}
+}
 
-    /// Without a subcommand there is nothing this version can do: say so and fail, so that nothing
-    /// (a unit file, a script) mistakes it for a running ballonet-host.
-    public func run() throws {
-        throw ValidationError("ballonet-host \(BallonetVersion.software) has no daemon or subcommand to run yet; it answers --help and --version only")
+extension HostCommand {
+    /// `ballonet-host run`: the daemon.
+    public struct Run: AsyncParsableCommand {
+        public static let configuration = CommandConfiguration(
+            abstract: "Run the host agent: start or attach to the configured VMs and manage their memory until SIGTERM.",
+            discussion: """
+                VMs come from [[vm]] tables in the configuration: a VM with kernel (and initrd) or disk is a \
+                QEMU this agent starts (memfd-backed RAM, the org.ballonet.0 port and QMP on sockets in \
+                <state directory>/<vm>/); a VM with qmp_socket and port_socket is a running QEMU it attaches \
+                to (--attach does the same from the command line). Started QEMUs keep running when the agent \
+                exits (unless stop_vms_on_exit), and a restarted agent attaches to them again.
+
+                Each VM's resident-memory target is its target_mib, a `ballonetctl set-target`, or its share \
+                of budget_mib (what its guest uses plus a buffer, within min_mib and its RAM); the agent \
+                moves each balloon toward its target at most inflate_step_mib per second, at once when \
+                giving memory back, and backs off when a guest releases pages under pressure.
+
+                SIGTERM or SIGINT: goodbye to every guest, then exit 0. Under systemd, Type=notify.
+                Exit status: 0 after a clean stop, 1 on a configuration or startup error.
+                """
+        )
+
+        @Option(name: .long, help: ArgumentHelp("Configuration file.", valueName: "path"))
+        var config: String?
+
+        @Option(name: .long, help: ArgumentHelp("Where managed VMs' sockets and pid files live (default /run/ballonet).", valueName: "dir"))
+        var stateDirectory: String?
+
+        @Option(name: .long, help: ArgumentHelp("The control socket (default <state directory>/control.sock).", valueName: "path"))
+        var controlSocket: String?
+
+        @Option(name: .long, help: ArgumentHelp("Memory for all VMs together, MiB (0: no budget).", valueName: "MiB"))
+        var budgetMib: UInt64?
+
+        @Option(name: .long, parsing: .singleValue,
+                help: ArgumentHelp("Attach to a running QEMU: NAME,QMP_SOCKET,PORT_SOCKET (repeatable).", valueName: "vm"))
+        var attach: [String] = []
+
+        @Flag(name: .long, inversion: .prefixedNo, help: "Stop the QEMUs this agent started when it exits.")
+        var stopVmsOnExit: Bool?
+
+        @Option(name: .long, help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+        var logLevel: String?
+
+        public init() {}
+
+        func loadConfiguration() throws -> HostConfiguration {
+            var configuration: HostConfiguration
+            do {
+                configuration = try HostConfiguration.load(path: config)
+            } catch {
+                throw ValidationError(error.description)
+            }
+            if let stateDirectory { configuration.stateDirectory = stateDirectory }
+            if let controlSocket { configuration.controlSocket = controlSocket }
+            if let budgetMib { configuration.budgetMiB = budgetMib }
+            if let stopVmsOnExit { configuration.stopVMsOnExit = stopVmsOnExit }
+            if let logLevel {
+                guard HostLogLevel(rawValue: logLevel) != nil else {
+                    throw ValidationError("--log-level must be one of \(HostLogLevel.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                configuration.logLevel = logLevel
+            }
+            for spec in attach {
+                let parts = spec.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                guard parts.count == 3, !parts.contains(where: \.isEmpty) else {
+                    throw ValidationError("--attach takes NAME,QMP_SOCKET,PORT_SOCKET, not \(spec)")
+                }
+                guard !configuration.vms.contains(where: { $0.name == parts[0] }) else {
+                    throw ValidationError("--attach \(parts[0]): a VM of that name is already configured")
+                }
+                var vm = VMConfiguration(name: parts[0])
+                vm.qmpSocket = parts[1]
+                vm.portSocket = parts[2]
+                configuration.vms.append(vm)
+            }
+            do {
+                try configuration.validate(path: "command line")
+            } catch {
+                throw ValidationError(error.description)
+            }
+            return configuration
+        }
+
+        public func run() async throws {
+            let configuration = try loadConfiguration()
+            let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            let logger = Logger(label: "ballonet-host")
+            try? ProcessControl.ignoreBrokenPipeSignal()
+            let engine = try HostEngine(configuration: configuration, inventory: QEMUInventory(configuration: configuration), logger: logger)
+            let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+                services: [.init(service: HostService(engine: engine, logger: logger),
+                                 successTerminationBehavior: .gracefullyShutdownGroup,
+                                 failureTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+            do {
+                try await group.run()
+            } catch {
+                logger.critical("ballonet-host failed: \(error)")
+                throw ExitCode.failure
+            }
+        }
     }
 }
 
@@ -37,24 +145,95 @@ public struct HostCommand: ParsableCommand {
 public struct ControlCommand: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "ballonetctl",
-        abstract: "Ask a running ballonet-host what it is doing, and why.",
+        abstract: "Ask a running ballonet-host what it is doing, and tell it what to aim for.",
         discussion: """
-            ballonetctl talks to ballonet-host over its control socket (root or the ballonet group only). \
-            It will show each VM's shares, target, balloon, swapped and resident memory and working set \
-            (status, top), change a VM's shares and limits (set), and explain the policy's numbers behind \
-            a target (explain).
-
-            This version carries the wire format only; the host daemon and its control socket are not in \
-            it yet, so the command does nothing but answer --help and --version.
+            ballonetctl talks to ballonet-host over its control socket (root only). Sizes are MiB.
             """,
-        version: BallonetVersion.software
+        version: BallonetVersion.software,
+        subcommands: [Status.self, SetTarget.self]
     )
 
     public init() {}
 
-    /// Without a subcommand there is nothing this version can do: say so and fail, so that nothing
-    /// (a unit file, a script) mistakes it for a running ballonetctl.
-    public func run() throws {
-        throw ValidationError("ballonetctl \(BallonetVersion.software) has no daemon or subcommand to run yet; it answers --help and --version only")
+    struct SocketOption: ParsableArguments {
+        @Option(name: .long, help: ArgumentHelp("The host agent's control socket.", valueName: "path"))
+        var socket = "/run/ballonet/control.sock"
+    }
+
+    static func ask(_ request: ControlRequest, socket: String) throws -> HostStatus {
+        let response: ControlResponse
+        // ControlError, not ValidationError: a refused request is not a usage mistake, so no usage text.
+        response = try ControlClient.request(request, socket: socket)
+        guard response.ok, let status = response.status else {
+            throw ControlError(response.error ?? "ballonet-host refused the request")
+        }
+        return status
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show each VM: target, balloon, resident and reclaimed memory, and the session with its guest.")
+
+        @OptionGroup var socket: SocketOption
+        @Flag(name: .long, help: "Print the status as JSON (sizes in bytes).")
+        var json = false
+
+        func run() throws {
+            let status = try ControlCommand.ask(ControlRequest(command: "status"), socket: socket.socket)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(status), as: UTF8.self))
+            } else {
+                print(StatusTable.render(status), terminator: "")
+            }
+        }
+    }
+
+    struct SetTarget: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set-target",
+            abstract: "Set a VM's resident-memory target in MiB (until the agent restarts), or --clear it.")
+
+        @OptionGroup var socket: SocketOption
+        @Argument(help: "The VM's name, as `status` shows it.") var vm: String
+        @Argument(help: "Target in MiB (the balloon becomes RAM − target).") var mib: UInt64?
+        @Flag(name: .long, help: "Drop the commanded target: back to the config and budget.") var clear = false
+
+        func validate() throws {
+            guard (mib == nil) == clear else { throw ValidationError("give a target in MiB or --clear, not both or neither") }
+        }
+
+        func run() throws {
+            let status = try ControlCommand.ask(ControlRequest(command: "set-target", vm: vm, mib: mib), socket: socket.socket)
+            if let account = status.vms.first(where: { $0.name == vm }) {
+                print("\(vm): target \(account.targetBytes >> 20) MiB (\(account.targetReason)); balloon now \(account.balloonBytes >> 20) MiB")
+            }
+        }
+    }
+}
+
+/// The table `ballonetctl status` prints, and `make demo` shows every second.
+public enum StatusTable {
+    public static func render(_ status: HostStatus) -> String {
+        func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20)" } ?? "-" }
+        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "RECLAIMED", "GUEST USED", "METHOD", "STATE"]]
+        for vm in status.vms {
+            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.reclaimedBytes),
+                         mib(vm.guestUsedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.state])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        var text = ""
+        for row in rows {
+            let cells = row.enumerated().map { index, cell in
+                let pad = String(repeating: " ", count: widths[index] - cell.count)
+                return index == 0 || index >= 6 ? cell + pad : pad + cell
+            }
+            text += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
+        }
+        let resident = status.vms.reduce(0) { $0 + $1.residentBytes }
+        text += "sizes in MiB; guest RAM resident on the host: \(resident >> 20) MiB"
+            + (status.budgetBytes.map { " of a \($0 >> 20) MiB budget" } ?? "") + "\n"
+        return text
     }
 }

@@ -115,6 +115,21 @@ public enum FileSystem {
         _ = try systemCall("mkdir", quoted(path)) { Glibc.mkdir(path, mode_t(permissions)) }
     }
 
+    /// mkdir -p: creates `path` and any missing parents; a directory already there is fine when
+    /// `orExisting` (its permissions are left as they are).
+    public static func makeDirectory(_ path: String, permissions: UInt32 = 0o700, orExisting: Bool) throws(SystemCallError) {
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            prefix += "/" + component
+            do {
+                try makeDirectory(prefix, permissions: permissions)
+            } catch {
+                guard error.errno == .EEXIST, orExisting || prefix != path && prefix + "/" != path,
+                      (try? status(ofPath: prefix).kind) == .directory else { throw error }
+            }
+        }
+    }
+
     /// rmdir(2).
     public static func removeDirectory(_ path: String) throws(SystemCallError) {
         _ = try systemCall("rmdir", quoted(path)) { Glibc.rmdir(path) }

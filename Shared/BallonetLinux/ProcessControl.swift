@@ -68,9 +68,38 @@ public enum ProcessControl {
     /// getpid(2).
     public static var currentID: Int32 { getpid() }
 
+    /// geteuid(2): the user whose rights this process has.
+    public static var currentUserID: UInt32 { geteuid() }
+
     /// kill(2).
     public static func send(_ signal: Signal, to processID: Int32) throws(SystemCallError) {
         _ = try systemCall("kill", "pid \(processID), \(signal)") { Glibc.kill(processID, signal.rawValue) }
+    }
+
+    /// posix_spawn(3): starts `executable` (an absolute path) with `arguments`, stdin from /dev/null and
+    /// stdout and stderr appended to `outputPath`; returns its pid. The child inherits no other descriptor
+    /// of ours (they are all close-on-exec).
+    public static func spawn(_ executable: String, arguments: [String], outputPath: String) throws(SystemCallError) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, outputPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard result == 0 else { throw SystemCallError("posix_spawn", Errno(rawValue: result), path: executable) }
+        return pid
+    }
+
+    /// waitpid(2) for a child of ours: its exit status, or 128 + the signal that ended it.
+    public static func waitForExit(_ processID: Int32) throws(SystemCallError) -> Int32 {
+        var status: Int32 = 0
+        _ = try systemCall("waitpid", "pid \(processID)") { Glibc.waitpid(processID, &status, 0) }
+        let signal = status & 0x7f
+        return signal == 0 ? (status >> 8) & 0xff : 128 + signal
     }
 
     /// Whether a process with this ID exists (it may belong to someone we cannot signal).

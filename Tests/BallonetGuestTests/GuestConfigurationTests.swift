@@ -1,6 +1,7 @@
 import BallonetLinux
 import Testing
-@testable import BallonetGuest
+@testable import BallonetConfig
+import BallonetGuest
 
 @Suite struct GuestConfigurationTests {
     /// The file name errors carry in these tests, as the agent would print a relative path.
@@ -233,7 +234,7 @@ import Testing
             ("[pressure]\npsi_some_avg10_percent = 1.\n", 2, "needs digits after the decimal point"),
             ("[pressure]\npsi_some_avg10_percent = 1e3\n", 2, "is not a number"),
             ("[balloon\n", 1, "expected ] to close the table header"),
-            ("[[balloon]]\n", 1, "arrays of tables"),
+            ("[[balloon]\n", 1, "expected ]] to close the array-of-tables header"),
             ("[balloon.x]\n", 1, "dotted table names"),
             ("[balloon]\nfloor.min = 1\n", 2, "dotted keys"),
             ("[balloon]\n\"batch_mib\" = 1\n", 2, "quoted keys"),
@@ -250,6 +251,12 @@ import Testing
             #expect(error?.message.contains(fragment) == true, "\(error?.message ?? "no error") lacks \(fragment)")
             #expect(error?.description.hasPrefix("guest.toml line \(line): ") == true)
         }
+    }
+
+    @Test func anArrayOfTablesIsRefusedWhereOneTableIsMeant() {
+        let error = parseError("[[balloon]]\nbatch_mib = 4\n")
+        #expect(error?.kind == .unknownTable)
+        #expect(error?.message == "[[balloon]] is an array of tables; write [balloon] once")
     }
 
     @Test func aKeyOrTableSetTwiceIsAnError() {

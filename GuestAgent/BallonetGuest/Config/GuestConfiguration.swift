@@ -1,3 +1,4 @@
+import BallonetConfig
 import BallonetLinux
 
 /// The guest agent's settings: defaults, then /etc/ballonet/guest.toml, then command-line flags, each
@@ -163,50 +164,6 @@ public struct GuestConfigurationOverrides: Equatable, Sendable {
     public init() {}
 }
 
-/// Why a configuration was refused: the file, the line (0 for the file as a whole or the command line),
-/// and a message that names the key and what it accepts.
-public struct ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
-    public enum Kind: Equatable, Sendable {
-        /// A file named on the command line does not exist.
-        case missingFile
-        /// The file exists but could not be read.
-        case unreadable
-        /// Larger than `GuestConfigurationLimits.maximumFileBytes`.
-        case tooLarge
-        case notUTF8
-        /// Not the TOML subset `TOMLSubset` reads.
-        case syntax
-        case duplicateTable
-        case duplicateKey
-        /// A `[table]` the agent does not have.
-        case unknownTable
-        /// A key its table does not have (a typo must not be silently ignored).
-        case unknownKey
-        /// A key before any `[table]` header.
-        case keyOutsideTable
-        /// A value of the wrong type ("4" for 4).
-        case wrongType
-        /// A value outside what the key accepts.
-        case outOfRange
-    }
-
-    public var path: String
-    public var line: Int
-    public var kind: Kind
-    public var message: String
-
-    public init(path: String, line: Int, kind: Kind, message: String) {
-        self.path = path
-        self.line = line
-        self.kind = kind
-        self.message = message
-    }
-
-    public var description: String {
-        line > 0 ? "\(path) line \(line): \(message)" : "\(path): \(message)"
-    }
-}
-
 /// The bounds on what a configuration may say, each with its reason.
 public enum GuestConfigurationLimits {
     /// A configuration file is a few dozen lines; 64 KiB is a hundred times that, and refusing more keeps
@@ -304,6 +261,10 @@ extension GuestConfiguration {
             guard let known = knownKeys.first(where: { $0.table == table.name }) else {
                 throw ConfigurationError(path: path, line: table.line, kind: .unknownTable,
                                          message: "unknown table [\(table.name)]; known tables: \(tableList)")
+            }
+            guard !table.isArrayElement else {
+                throw ConfigurationError(path: path, line: table.line, kind: .unknownTable,
+                                         message: "[[\(table.name)]] is an array of tables; write [\(table.name)] once")
             }
             for entry in table.entries {
                 guard known.keys.contains(entry.key) else {

@@ -3,7 +3,8 @@
 ///
 /// What is read:
 /// - blank lines and comments (`#` to the end of a line, also after a value);
-/// - table headers, `[name]`, with a bare name;
+/// - table headers, `[name]`, with a bare name, and arrays of tables, `[[name]]` (each header starts one
+///   more element: the host's `[[vm]]` list);
 /// - `key = value` with a bare key (letters, digits, `_`, `-`);
 /// - values: basic strings (`"…"` with the escapes `\"`, `\\`, `\n`, `\t`), integers (optional sign,
 ///   `_` between digits), floats (`digits.digits`, optional sign, `_` between digits), `true`, `false`.
@@ -27,12 +28,15 @@ public enum TOMLSubset {
             reader.skipBlanks()
             if reader.atEndOrComment { continue }
             if reader.peek == openBracket {
-                let name = try reader.tableHeader()
-                if let earlier = document.tables.first(where: { $0.name == name }) {
-                    throw ConfigurationError(path: path, line: lineNumber, kind: .duplicateTable,
-                                             message: "table [\(name)] appears twice (first on line \(earlier.line))")
+                let (name, isArrayElement) = try reader.tableHeader()
+                if let earlier = document.tables.first(where: { $0.name == name }),
+                   !(earlier.isArrayElement && isArrayElement) {
+                    let message = earlier.isArrayElement == isArrayElement
+                        ? "table [\(name)] appears twice (first on line \(earlier.line))"
+                        : "[\(name)] and [[\(name)]] cannot both appear (first on line \(earlier.line))"
+                    throw ConfigurationError(path: path, line: lineNumber, kind: .duplicateTable, message: message)
                 }
-                document.tables.append(TOMLTable(name: name, line: lineNumber, entries: []))
+                document.tables.append(TOMLTable(name: name, line: lineNumber, entries: [], isArrayElement: isArrayElement))
                 currentTable = document.tables.count - 1
                 continue
             }
@@ -74,11 +78,14 @@ public struct TOMLTable: Equatable, Sendable {
     /// The line of the header, for error messages.
     public var line: Int
     public var entries: [TOMLEntry]
+    /// Written `[[name]]`: one element of an array of tables; the document may hold several.
+    public var isArrayElement: Bool
 
-    public init(name: String, line: Int, entries: [TOMLEntry]) {
+    public init(name: String, line: Int, entries: [TOMLEntry], isArrayElement: Bool = false) {
         self.name = name
         self.line = line
         self.entries = entries
+        self.isArrayElement = isArrayElement
     }
 }
 
@@ -184,12 +191,11 @@ private struct LineReader {
         return String(decoding: bytes[start..<index], as: UTF8.self)
     }
 
-    /// `[name]`, the reader standing on `[`.
-    mutating func tableHeader() throws(ConfigurationError) -> String {
+    /// `[name]` or `[[name]]`, the reader standing on `[`.
+    mutating func tableHeader() throws(ConfigurationError) -> (name: String, isArrayElement: Bool) {
         index += 1
-        if peek == TOMLSubset.openBracket {
-            throw fail("arrays of tables ([[…]]) are not supported")
-        }
+        let isArrayElement = peek == TOMLSubset.openBracket
+        if isArrayElement { index += 1 }
         skipBlanks()
         let name = try bareKey(what: "table name")
         skipBlanks()
@@ -200,8 +206,14 @@ private struct LineReader {
             throw fail("expected ] to close the table header, found \(peek == nil ? "the end of the line" : excerpt(from: index))")
         }
         index += 1
+        if isArrayElement {
+            guard peek == LineReader.closeBracket else {
+                throw fail("expected ]] to close the array-of-tables header [[\(name)]]")
+            }
+            index += 1
+        }
         try expectEndOfLine(after: "the table header")
-        return name
+        return (name, isArrayElement)
     }
 
     /// `key = value`, the reader standing on the key.

@@ -1,0 +1,71 @@
+import BallonetWire
+
+/// What the host knows about one VM, as `ballonetctl status` shows it. Sizes are bytes.
+public struct VMAccount: Codable, Equatable, Sendable {
+    public var name: String
+    /// "starting", "waiting for the guest agent", "established", "unreachable: …".
+    public var state: String = "starting"
+    public var processID: Int32?
+    public var memoryBytes: UInt64 = 0
+    /// Resident memory the host wants the VM at.
+    public var targetBytes: UInt64 = 0
+    /// Why the target is what it is (config, command, budget share).
+    public var targetReason: String = ""
+    /// The balloon size last asked of the guest.
+    public var requestedBalloonBytes: UInt64 = 0
+    /// The balloon the guest reports holding.
+    public var balloonBytes: UInt64 = 0
+    /// Guest RAM resident in QEMU, from /proc/<pid>/smaps.
+    public var residentBytes: UInt64 = 0
+    /// Guest RAM in host swap, from smaps.
+    public var swappedBytes: UInt64 = 0
+    /// Host memory freed behind balloon pages since the agent started (measured per batch).
+    public var reclaimedBytes: UInt64 = 0
+    /// For memfd-backed RAM: what the memfd holds now (fstat), the most direct measure of host memory use.
+    public var backingFileBytes: UInt64?
+    /// "punch" or "pageout".
+    public var reclaimMethod: String = ""
+    /// From the guest's last stats sample.
+    public var guestUsedBytes: UInt64?
+    public var guestAvailableBytes: UInt64?
+    public var guestWorkingSetBytes: UInt64?
+    public var guestStatsSequence: UInt64?
+    public var agentVersion: String?
+    public var sessions: UInt64 = 0
+    public var batchesReclaimed: UInt64 = 0
+    public var batchesDeclined: UInt64 = 0
+    /// Guest messages refused (bad ranges, floods, malformed frames): never acted on.
+    public var refusedMessages: UInt64 = 0
+    public var lastRefusal: String?
+    /// Pages the guest gave back under its own pressure.
+    public var pressureReleasedBytes: UInt64 = 0
+
+    public init(name: String) { self.name = name }
+
+    /// Takes the figures of a stats sample.
+    public mutating func record(_ sample: StatsSample) {
+        let page: UInt64 = 4096
+        guestStatsSequence = sample.sequence
+        if let total = sample[.memTotal], let available = sample[.memAvailable] {
+            let balloon = sample[.balloonPages] ?? 0
+            // The balloon is locked, so MemAvailable leaves it out: what the guest uses itself is the rest.
+            let used = total > available + balloon ? total - available - balloon : 0
+            guestUsedBytes = used * page
+            guestAvailableBytes = available * page
+        }
+        if let workingSet = sample[.workingSetPages] { guestWorkingSetBytes = workingSet * page }
+    }
+}
+
+/// The host as a whole, for `ballonetctl status`.
+public struct HostStatus: Codable, Equatable, Sendable {
+    public var version: String
+    public var budgetBytes: UInt64?
+    public var vms: [VMAccount]
+
+    public init(version: String, budgetBytes: UInt64?, vms: [VMAccount]) {
+        self.version = version
+        self.budgetBytes = budgetBytes
+        self.vms = vms
+    }
+}

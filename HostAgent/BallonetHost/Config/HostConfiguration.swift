@@ -1,0 +1,295 @@
+import BallonetConfig
+import BallonetLinux
+
+/// One VM the host agent manages: either a QEMU it starts itself from `launch`, or a running QEMU it
+/// attaches to through its QMP and port sockets.
+public struct VMConfiguration: Equatable, Sendable {
+    public enum RAMBacking: String, Equatable, Sendable {
+        /// `memory-backend-memfd,share=on`: balloon pages are reclaimed by punching holes (immediate).
+        case memfd
+        /// `memory-backend-ram`: anonymous memory, reclaimed by pageout (needs host swap), mergeable by KSM.
+        case anonymous
+    }
+
+    /// How to start a QEMU for this VM (managed VMs).
+    public struct Launch: Equatable, Sendable {
+        public var memoryMiB: UInt64 = 512
+        public var cpus: UInt64 = 1
+        /// Direct kernel boot (the guest test image), or
+        public var kernel = ""
+        public var initrd = ""
+        public var append = ""
+        /// a disk image to boot from (virtio-blk, format from the file: qcow2 or raw).
+        public var disk = ""
+        public var ramBacking: RAMBacking = .memfd
+        /// Extra QEMU arguments, split on spaces (devices a guest needs beyond the defaults).
+        public var extraArguments = ""
+        /// The QEMU binary.
+        public var qemu = "qemu-system-x86_64"
+        /// QEMU accelerators in order of preference: KVM, and TCG where KVM is missing. A host whose KVM
+        /// initialises but cannot run the guest (nested setups like this project's test machines) sets ["tcg"].
+        public var accelerators = ["kvm", "tcg"]
+    }
+
+    public var name: String
+    /// nil: attach to `qmpSocket` and `portSocket` instead of starting QEMU.
+    public var launch: Launch?
+    /// Attached VMs: QEMU's QMP socket and the host end of its `org.ballonet.0` port (a chardev socket
+    /// QEMU listens on). Managed VMs get both in the state directory.
+    public var qmpSocket = ""
+    public var portSocket = ""
+    /// The VM's resident memory target in MiB; nil leaves it to the host budget (or to all its RAM).
+    public var targetMiB: UInt64?
+    /// The least memory the budget may leave the VM, MiB.
+    public var minMiB: UInt64 = 128
+
+    public init(name: String) { self.name = name }
+}
+
+/// The host agent's settings: defaults, then /etc/ballonet/host.toml, then flags. The defaults run a
+/// host agent with no VMs of its own, waiting for `--attach`; packaging/host.toml is the commented file.
+public struct HostConfiguration: Equatable, Sendable {
+    public static let defaultPath = "/etc/ballonet/host.toml"
+
+    /// Sockets, logs and pid files of managed VMs, and the default control socket.
+    public var stateDirectory = "/run/ballonet"
+    /// The control socket `ballonetctl` talks to; empty: `<stateDirectory>/control.sock`.
+    public var controlSocket = ""
+    /// Memory for all VMs together, MiB; 0: no budget, each VM's target is its `target_mib` or all its RAM.
+    public var budgetMiB: UInt64 = 0
+    /// Stop the QEMUs this agent started when it exits. Off by default: like libvirt's domains outlive
+    /// libvirtd, VMs outlive their host agent, and a restarted agent attaches to them again.
+    public var stopVMsOnExit = false
+    public var logLevel = "info"
+    public var steering = BalloonSteering.Settings()
+    public var vms: [VMConfiguration] = []
+
+    public init() {}
+
+    public var effectiveControlSocket: String {
+        controlSocket.isEmpty ? stateDirectory + "/control.sock" : controlSocket
+    }
+}
+
+/// The bounds on what host.toml may say, each with its reason.
+public enum HostConfigurationLimits {
+    /// A host configuration is a few hundred lines even with many VMs; refusing more than 1 MiB keeps a
+    /// wrong path (a disk image) from being read into memory.
+    public static let maximumFileBytes = 1 << 20
+    /// A VM name becomes a directory, a log field and a QEMU -name: letters, digits, '-', '_', '.', at
+    /// most 64 bytes (libvirt allows more, but no operator types more in a status table).
+    public static let maximumNameBytes = 64
+    /// QEMU's -m takes up to its maximum RAM; 16 TiB covers any host of today.
+    public static let memoryMiB: ClosedRange<UInt64> = 64...(16 << 20)
+    /// QEMU's maximum vCPUs for the pc machine.
+    public static let cpus: ClosedRange<UInt64> = 1...255
+    /// Inflate steps of 1 MiB (slow but steady) to 64 GiB (one step for any guest).
+    public static let inflateStepMiB: ClosedRange<UInt64> = 1...65_536
+    /// Up to an hour of backoff after guest pressure.
+    public static let backoffSeconds: ClosedRange<UInt64> = 0...3600
+    /// sun_path holds 108 bytes with its NUL.
+    public static let maximumSocketPathBytes = 107
+}
+
+extension HostConfiguration {
+    public static let knownKeys: [(table: String, keys: [String])] = [
+        ("host", ["state_directory", "control_socket", "budget_mib", "stop_vms_on_exit", "log_level"]),
+        ("steering", ["inflate_step_mib", "deadband_mib", "pressure_backoff_seconds"]),
+        ("vm", ["name", "memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments",
+                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib"]),
+    ]
+
+    /// Reads `path` (nil: the default path, where a missing file means the defaults).
+    public static func load(path: String?) throws(ConfigurationError) -> HostConfiguration {
+        let filePath = path ?? defaultPath
+        let bytes: [UInt8]
+        do {
+            bytes = try FileSystem.readFile(filePath, maxBytes: HostConfigurationLimits.maximumFileBytes + 1)
+        } catch {
+            if error.errno == .ENOENT && path == nil { return HostConfiguration() }
+            throw ConfigurationError(path: filePath, line: 0, kind: error.errno == .ENOENT ? .missingFile : .unreadable,
+                                     message: "cannot read: \(error)")
+        }
+        guard bytes.count <= HostConfigurationLimits.maximumFileBytes else {
+            throw ConfigurationError(path: filePath, line: 0, kind: .tooLarge,
+                                     message: "larger than \(HostConfigurationLimits.maximumFileBytes) bytes; is this the right file?")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw ConfigurationError(path: filePath, line: 0, kind: .notUTF8, message: "not UTF-8 text")
+        }
+        return try parse(text, path: filePath)
+    }
+
+    public static func parse(_ text: String, path: String) throws(ConfigurationError) -> HostConfiguration {
+        let document = try TOMLSubset.parse(text, path: path)
+        let tableList = knownKeys.map { $0.table == "vm" ? "[[vm]]" : "[\($0.table)]" }.joined(separator: ", ")
+        if let stray = document.rootEntries.first {
+            throw ConfigurationError(path: path, line: stray.line, kind: .keyOutsideTable,
+                                     message: "key \"\(stray.key)\" comes before any table; tables: \(tableList)")
+        }
+        var configuration = HostConfiguration()
+        for table in document.tables {
+            guard let known = knownKeys.first(where: { $0.table == table.name }) else {
+                throw ConfigurationError(path: path, line: table.line, kind: .unknownTable,
+                                         message: "unknown table [\(table.name)]; known tables: \(tableList)")
+            }
+            guard table.isArrayElement == (table.name == "vm") else {
+                let message = table.name == "vm" ? "write each VM as [[vm]] (one per VM)" : "write [\(table.name)] once, not as [[\(table.name)]]"
+                throw ConfigurationError(path: path, line: table.line, kind: .unknownTable, message: message)
+            }
+            var reader = TableReader(path: path, table: table)
+            for entry in table.entries where !known.keys.contains(entry.key) {
+                throw ConfigurationError(path: path, line: entry.line, kind: .unknownKey,
+                                         message: "unknown key \"\(entry.key)\" in [\(table.name)]; known keys: \(known.keys.joined(separator: ", "))")
+            }
+            switch table.name {
+            case "host":
+                if let value = try reader.string("state_directory") { configuration.stateDirectory = value }
+                if let value = try reader.string("control_socket") { configuration.controlSocket = value }
+                if let value = try reader.integer("budget_mib", in: 0...(UInt64(1) << 40)) { configuration.budgetMiB = value }
+                if let value = try reader.boolean("stop_vms_on_exit") { configuration.stopVMsOnExit = value }
+                if let value = try reader.string("log_level") {
+                    guard HostLogLevel(rawValue: value) != nil else {
+                        throw reader.outOfRange("log_level", "one of \(HostLogLevel.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    configuration.logLevel = value
+                }
+            case "steering":
+                if let value = try reader.integer("inflate_step_mib", in: HostConfigurationLimits.inflateStepMiB) {
+                    configuration.steering.inflateStepPages = value * 256
+                }
+                if let value = try reader.integer("deadband_mib", in: 0...1024) { configuration.steering.deadbandPages = value * 256 }
+                if let value = try reader.integer("pressure_backoff_seconds", in: HostConfigurationLimits.backoffSeconds) {
+                    configuration.steering.pressureBackoffMillis = value * 1000
+                }
+            default:
+                configuration.vms.append(try reader.vm(existing: configuration.vms))
+            }
+        }
+        try configuration.validate(path: path)
+        return configuration
+    }
+
+    /// Checks what no single key can: socket path lengths, a budget that covers the VMs' minimums.
+    public func validate(path: String) throws(ConfigurationError) {
+        for vm in vms where vm.launch != nil {
+            let socket = stateDirectory + "/" + vm.name + "/qmp.sock"
+            guard socket.utf8.count <= HostConfigurationLimits.maximumSocketPathBytes else {
+                throw ConfigurationError(path: path, line: 0, kind: .outOfRange,
+                                         message: "state_directory \(stateDirectory) is too long for VM \(vm.name)'s sockets (\(socket.utf8.count) > 107 bytes)")
+            }
+        }
+        if budgetMiB > 0 {
+            let minimums = vms.reduce(0) { $0 + $1.minMiB }
+            guard minimums <= budgetMiB else {
+                throw ConfigurationError(path: path, line: 0, kind: .outOfRange,
+                                         message: "budget_mib \(budgetMiB) is below the VMs' min_mib together (\(minimums) MiB)")
+            }
+        }
+    }
+}
+
+/// swift-log levels by the names the configuration and --log-level take.
+public enum HostLogLevel: String, CaseIterable, Sendable {
+    case trace, debug, info, notice, warning, error, critical
+}
+
+private struct TableReader {
+    let path: String
+    let table: TOMLTable
+
+    func entry(_ key: String) -> TOMLEntry? { table.entries.first { $0.key == key } }
+
+    func wrongType(_ entry: TOMLEntry, _ expected: String) -> ConfigurationError {
+        ConfigurationError(path: path, line: entry.line, kind: .wrongType,
+                           message: "\"\(entry.key)\" in [\(table.name)] must be \(expected), found \(entry.value.typeDescription)")
+    }
+
+    func outOfRange(_ key: String, _ accepted: String) -> ConfigurationError {
+        ConfigurationError(path: path, line: entry(key)?.line ?? table.line, kind: .outOfRange,
+                           message: "\"\(key)\" in [\(table.name)] must be \(accepted)")
+    }
+
+    func string(_ key: String) throws(ConfigurationError) -> String? {
+        guard let entry = entry(key) else { return nil }
+        guard case .string(let value) = entry.value else { throw wrongType(entry, "a string") }
+        return value
+    }
+
+    func boolean(_ key: String) throws(ConfigurationError) -> Bool? {
+        guard let entry = entry(key) else { return nil }
+        guard case .boolean(let value) = entry.value else { throw wrongType(entry, "true or false") }
+        return value
+    }
+
+    func integer(_ key: String, in range: ClosedRange<UInt64>) throws(ConfigurationError) -> UInt64? {
+        guard let entry = entry(key) else { return nil }
+        guard case .integer(let value) = entry.value else { throw wrongType(entry, "an integer") }
+        guard value >= 0, range.contains(UInt64(value)) else {
+            throw outOfRange(key, "between \(range.lowerBound) and \(range.upperBound)")
+        }
+        return UInt64(value)
+    }
+
+    func vm(existing: [VMConfiguration]) throws(ConfigurationError) -> VMConfiguration {
+        guard let name = try string("name") else {
+            throw ConfigurationError(path: path, line: table.line, kind: .outOfRange, message: "a [[vm]] needs a name")
+        }
+        guard !name.isEmpty, name.utf8.count <= HostConfigurationLimits.maximumNameBytes,
+              name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || $0 == 0x2d || $0 == 0x5f || $0 == 0x2e }),
+              name.first != "." else {
+            throw outOfRange("name", "1–64 letters, digits, '-', '_' or '.' (not starting with '.')")
+        }
+        if existing.contains(where: { $0.name == name }) {
+            throw ConfigurationError(path: path, line: table.line, kind: .duplicateTable, message: "two VMs are named \(name)")
+        }
+        var vm = VMConfiguration(name: name)
+        vm.qmpSocket = try string("qmp_socket") ?? ""
+        vm.portSocket = try string("port_socket") ?? ""
+        vm.targetMiB = try integer("target_mib", in: 0...HostConfigurationLimits.memoryMiB.upperBound)
+        if let minimum = try integer("min_mib", in: 0...HostConfigurationLimits.memoryMiB.upperBound) { vm.minMiB = minimum }
+        let attaching = !vm.qmpSocket.isEmpty || !vm.portSocket.isEmpty
+        let launchKeys = ["memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments", "qemu",
+                          "accelerator"]
+        if attaching {
+            guard !vm.qmpSocket.isEmpty, !vm.portSocket.isEmpty else {
+                throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
+                                         message: "VM \(name): attaching needs both qmp_socket and port_socket")
+            }
+            if let stray = launchKeys.first(where: { entry($0) != nil }) {
+                throw ConfigurationError(path: path, line: entry(stray)!.line, kind: .outOfRange,
+                                         message: "VM \(name) attaches to a running QEMU (qmp_socket); \"\(stray)\" is only for VMs the agent starts")
+            }
+            return vm
+        }
+        var launch = VMConfiguration.Launch()
+        if let value = try integer("memory_mib", in: HostConfigurationLimits.memoryMiB) { launch.memoryMiB = value }
+        if let value = try integer("cpus", in: HostConfigurationLimits.cpus) { launch.cpus = value }
+        launch.kernel = try string("kernel") ?? ""
+        launch.initrd = try string("initrd") ?? ""
+        launch.append = try string("append") ?? ""
+        launch.disk = try string("disk") ?? ""
+        launch.extraArguments = try string("extra_arguments") ?? ""
+        if let value = try string("qemu") { launch.qemu = value }
+        if let value = try string("accelerator") {
+            let names = value.split(separator: ",").map(String.init)
+            guard !names.isEmpty, names.allSatisfy({ ["kvm", "tcg"].contains($0) }) else {
+                throw outOfRange("accelerator", "\"kvm\", \"tcg\" or \"kvm,tcg\" (first that works)")
+            }
+            launch.accelerators = names
+        }
+        if let value = try string("ram_backing") {
+            guard let backing = VMConfiguration.RAMBacking(rawValue: value) else { throw outOfRange("ram_backing", "\"memfd\" or \"anonymous\"") }
+            launch.ramBacking = backing
+        }
+        guard launch.kernel.isEmpty != launch.disk.isEmpty else {
+            throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
+                                     message: "VM \(name) needs either kernel (with initrd) or disk, or qmp_socket and port_socket to attach")
+        }
+        if let target = vm.targetMiB, target > launch.memoryMiB {
+            throw outOfRange("target_mib", "at most memory_mib (\(launch.memoryMiB))")
+        }
+        vm.launch = launch
+        return vm
+    }
+}

@@ -1,0 +1,130 @@
+import BallonetLinux
+import Foundation
+import Logging
+
+/// A request on the control socket: one line of JSON.
+public struct ControlRequest: Codable, Sendable {
+    public var command: String
+    public var vm: String?
+    public var mib: UInt64?
+
+    public init(command: String, vm: String? = nil, mib: UInt64? = nil) {
+        self.command = command
+        self.vm = vm
+        self.mib = mib
+    }
+}
+
+/// The answer: one line of JSON, then the server closes the connection.
+public struct ControlResponse: Codable, Sendable {
+    public var ok: Bool
+    public var error: String?
+    public var status: HostStatus?
+
+    public init(ok: Bool, error: String? = nil, status: HostStatus? = nil) {
+        self.ok = ok
+        self.error = error
+        self.status = status
+    }
+}
+
+public enum ControlLimits {
+    /// A request is a command and two arguments: 4 KiB is ample, and a client cannot make the daemon buffer more.
+    public static let maximumRequestBytes = 4096
+    /// A client gets this long to send its request: the loop serves VMs meanwhile, so it must be short.
+    public static let requestTimeout: Duration = .milliseconds(500)
+}
+
+/// The daemon's end of the control socket: owner-only permissions (root's), and each client's
+/// credentials are checked (root or the daemon's own user).
+final class ControlServer {
+    let path: String
+    private let listener: Box
+    let logger: Logger
+
+    final class Box {
+        let descriptor: FileDescriptor
+        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
+    }
+
+    var descriptor: Int32 { listener.descriptor.rawValue }
+
+    init(path: String, logger: Logger) throws {
+        self.path = path
+        self.logger = logger
+        let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+        if !directory.isEmpty { try FileSystem.makeDirectory(directory, permissions: 0o755, orExisting: true) }
+        listener = Box(try UnixSocket.listen(at: path, replacingStaleSocket: true))
+        try FileSystem.setPermissions(path, 0o600)
+    }
+
+    deinit { try? FileSystem.removeFile(path) }
+
+    /// Accepts one client, reads its request, answers, closes.
+    func serveOne(_ handle: (ControlRequest) -> ControlResponse) {
+        guard let connection = try? listener.descriptor.accept(nonBlocking: false) else { return }
+        let response: ControlResponse
+        do {
+            let credentials = try connection.peerCredentials()
+            guard credentials.userID == 0 || credentials.userID == ProcessControl.currentUserID else {
+                throw ControlError("permission denied: the control socket answers root only (uid \(credentials.userID) asked)")
+            }
+            var buffer: [UInt8] = []
+            while !buffer.contains(UInt8(ascii: "\n")) {
+                guard buffer.count <= ControlLimits.maximumRequestBytes else { throw ControlError("request longer than \(ControlLimits.maximumRequestBytes) bytes") }
+                guard try !connection.poll(for: .readable, timeout: ControlLimits.requestTimeout).isEmpty else {
+                    throw ControlError("no request within \(ControlLimits.requestTimeout)")
+                }
+                let bytes = try connection.receive(upTo: ControlLimits.maximumRequestBytes)
+                if bytes.isEmpty { break }
+                buffer += bytes
+            }
+            let request = try JSONDecoder().decode(ControlRequest.self, from: Data(buffer))
+            response = handle(request)
+        } catch let error as ControlError {
+            response = ControlResponse(ok: false, error: error.description)
+        } catch {
+            response = ControlResponse(ok: false, error: "bad request: \(error)")
+        }
+        if let data = try? JSONEncoder().encode(response) {
+            try? connection.send(all: [UInt8](data) + [UInt8(ascii: "\n")])
+        }
+    }
+}
+
+public struct ControlError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The client side, for `ballonetctl` and tests.
+public enum ControlClient {
+    public static func request(_ request: ControlRequest, socket path: String, timeout: Duration = .seconds(10)) throws -> ControlResponse {
+        let connection: FileDescriptor
+        do {
+            connection = try UnixSocket.connect(to: path)
+        } catch {
+            if error.errno == .ENOENT || error.errno == .ECONNREFUSED {
+                throw ControlError("ballonet-host is not running (no control socket at \(path)); start it with `ballonet-host run`")
+            }
+            if error.errno == .EACCES {
+                throw ControlError("permission denied on \(path): ballonetctl must run as root")
+            }
+            throw ControlError("cannot connect to \(path): \(error)")
+        }
+        try connection.send(all: [UInt8](try JSONEncoder().encode(request)) + [UInt8(ascii: "\n")])
+        var buffer: [UInt8] = []
+        let deadline = MonotonicInstant.now().advanced(by: timeout)
+        while true {
+            let left = deadline - MonotonicInstant.now()
+            guard left > .zero, try !connection.poll(for: .readable, timeout: left).isEmpty else {
+                throw ControlError("ballonet-host did not answer within \(timeout)")
+            }
+            let bytes = try connection.receive(upTo: 1 << 20)
+            if bytes.isEmpty { break }
+            buffer += bytes
+        }
+        guard !buffer.isEmpty else { throw ControlError("ballonet-host closed the connection without an answer") }
+        return try JSONDecoder().decode(ControlResponse.self, from: Data(buffer))
+    }
+}

@@ -1,0 +1,310 @@
+import BallonetLinux
+import BallonetWire
+import Logging
+
+/// Everything the engine holds for one VM: its endpoint, the RAM map and reclaimer once attached, the
+/// port connection and its session, the steering, and the account. Only the engine's thread touches it.
+final class VMRuntime {
+    let configuration: VMConfiguration
+    let endpoint: VMEndpoint
+    var logger: Logger
+    var account: VMAccount
+    var steering: BalloonSteering
+    /// A target set by `ballonetctl set-target` (overrides the config's and the budget's).
+    var commandedTargetBytes: UInt64?
+
+    private(set) var map: GuestRAMMap?
+    private(set) var reclaimer: GuestRAMReclaimer?
+    private var port: Connection?
+    private(set) var session: HostSession?
+    private var nextConnectMillis: UInt64 = 0
+    private var reconnectDelayMillis: UInt64 = RuntimeTiming.reconnectMinMillis
+    private var helloSentMillis: UInt64 = 0
+
+    final class Connection {
+        let descriptor: FileDescriptor
+        var decoder = FrameDecoder()
+        var outbox: [UInt8] = []
+        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
+    }
+
+    init(configuration: VMConfiguration, endpoint: VMEndpoint, steering: BalloonSteering.Settings, logger: Logger) {
+        self.configuration = configuration
+        self.endpoint = endpoint
+        var logger = logger
+        logger[metadataKey: "vm"] = "\(endpoint.name)"
+        self.logger = logger
+        account = VMAccount(name: endpoint.name)
+        self.steering = BalloonSteering(settings: steering)
+    }
+
+    var portDescriptor: Int32? { port?.descriptor.rawValue }
+    var wantsToWrite: Bool { !(port?.outbox.isEmpty ?? true) }
+    var isEstablished: Bool { session?.negotiated != nil }
+
+    // MARK: Connecting
+
+    /// Attaches (RAM map, reclaimer) and connects the port when due. Never throws: failures are logged,
+    /// shown in the VM's state, and retried with backoff.
+    func connectIfDue(nowMillis: UInt64) {
+        guard port == nil, nowMillis >= nextConnectMillis else { return }
+        do {
+            if reclaimer == nil { try attach() }
+            let descriptor = try UnixSocket.connect(to: endpoint.portSocket, nonBlocking: true)
+            port = Connection(descriptor)
+            var session = HostSession(sessionID: Self.freshSessionID(), map: map!, nowMillis: nowMillis)
+            logger.info("connected to the guest's port; waiting for ballonet-guest", metadata: ["session": "\(session.sessionID)"])
+            account.state = "waiting for the guest agent"
+            let hello = session.hello(nowMillis: nowMillis)
+            self.session = session
+            send(hello)
+            helloSentMillis = nowMillis
+        } catch {
+            account.state = "unreachable: \(error)"
+            logger.warning("cannot reach VM: \(error); retrying in \(reconnectDelayMillis) ms")
+            scheduleReconnect(nowMillis: nowMillis)
+        }
+    }
+
+    private func scheduleReconnect(nowMillis: UInt64) {
+        nextConnectMillis = nowMillis + reconnectDelayMillis
+        reconnectDelayMillis = min(reconnectDelayMillis * 2, RuntimeTiming.reconnectMaxMillis)
+    }
+
+    /// Reads the VM's RAM map over QMP and finds its backing in QEMU.
+    private func attach() throws {
+        let qmp = try QMPClient(path: endpoint.qmpSocket, timeout: .seconds(5))
+        let processID = try qmp.peerProcessID()
+        var blocks: Set<String> = ["pc.ram"]
+        if let memdevs = try qmp.execute("query-memdev") as? [[String: Any]] {
+            for memdev in memdevs { if let id = memdev["id"] as? String { blocks.insert(id) } }
+        }
+        let map = try GuestRAMMap.parse(memoryTree: try qmp.humanMonitor("info mtree -f"), guestRAMBlocks: blocks)
+        let reclaimer = try GuestRAMReclaimer(processID: processID, map: map) { address in
+            let answer = try qmp.humanMonitor("gpa2hva 0x\(String(address, radix: 16))")
+            // "Host virtual address for 0x100000 (ram0) is 0x7f91600ff000"
+            guard let text = answer.split(separator: " ").last?.trimmingCharacters(in: .whitespacesAndNewlines),
+                  text.hasPrefix("0x"), let value = UInt64(text.dropFirst(2), radix: 16) else {
+                throw QMPError("gpa2hva 0x\(String(address, radix: 16)) answered \(answer)")
+            }
+            return value
+        }
+        self.map = map
+        self.reclaimer = reclaimer
+        account.processID = processID
+        account.memoryBytes = map.totalBytes
+        account.reclaimMethod = reclaimer.methodSummary
+        logger.notice("attached to QEMU pid \(processID): \(map.totalBytes >> 20) MiB of guest RAM in \(map.segments.count) segments; reclaim by \(reclaimer.methodSummary)",
+                      metadata: ["blocks": "\(reclaimer.backings.values.map(\.description).sorted())"])
+    }
+
+    static func freshSessionID() -> UInt64 { UInt64.random(in: 1...UInt64.max) }
+
+    /// Ends the port connection (the session with it) and reconnects after the backoff.
+    func disconnect(nowMillis: UInt64, reason: String, misbehaved: Bool) {
+        guard port != nil else { return }
+        flush()
+        port = nil
+        session = nil
+        steering.sessionStarted()
+        account.state = "reconnecting: \(reason)"
+        if misbehaved {
+            logger.warning("session reset: \(reason)")
+            scheduleReconnect(nowMillis: nowMillis)
+        } else {
+            logger.notice("session ended: \(reason)")
+            reconnectDelayMillis = RuntimeTiming.reconnectMinMillis
+            nextConnectMillis = nowMillis + reconnectDelayMillis
+        }
+    }
+
+    // MARK: Traffic
+
+    func send(_ message: Message, requestID: UInt32 = 0) {
+        guard let port else { return }
+        do {
+            port.outbox += try FrameEncoder.encode(message, requestID: requestID)
+        } catch {
+            logger.error("cannot encode \(message.type): \(error)")
+        }
+        flush()
+    }
+
+    /// Writes what the port takes now; the rest waits for POLLOUT.
+    func flush() {
+        guard let port, !port.outbox.isEmpty else { return }
+        do {
+            let written = try port.outbox.withUnsafeBytes { buffer in try port.descriptor.send(buffer) }
+            port.outbox.removeFirst(written)
+        } catch let error as SystemCallError where error.errno == .EAGAIN {
+            // The port is full; POLLOUT brings us back.
+        } catch {
+            logger.debug("write to port: \(error)")
+        }
+    }
+
+    /// Reads what arrived and runs it through the session.
+    func readPort(nowMillis: UInt64) {
+        guard let port else { return }
+        var bytes: [UInt8] = []
+        do {
+            bytes = try port.descriptor.receive(upTo: RuntimeTiming.readChunkBytes)
+        } catch {
+            if error.errno == .EAGAIN { return }
+            disconnect(nowMillis: nowMillis, reason: "port read failed: \(error)", misbehaved: false)
+            return
+        }
+        guard !bytes.isEmpty else {
+            disconnect(nowMillis: nowMillis, reason: "QEMU closed the port socket", misbehaved: false)
+            return
+        }
+        for event in port.decoder.feed(bytes) {
+            guard var session else { return }
+            let actions = session.receive(event, nowMillis: nowMillis, freshSessionID: Self.freshSessionID)
+            self.session = session
+            if perform(actions, nowMillis: nowMillis) == false { return }
+        }
+    }
+
+    /// Periodic work: the session's pings, a repeated hello while the guest is silent, the steering.
+    func tick(nowMillis: UInt64) {
+        guard var session else { return }
+        let actions = session.tick(nowMillis: nowMillis)
+        self.session = session
+        guard perform(actions, nowMillis: nowMillis) else { return }
+        if session.negotiated == nil {
+            // Our hello may have reached a guest that had already sent its own into an unconnected port:
+            // a repeated hello makes an established guest begin anew and send a fresh one.
+            if nowMillis >= helloSentMillis + RuntimeTiming.helloRepeatMillis {
+                let hello = session.hello(nowMillis: nowMillis)
+                self.session = session
+                send(hello)
+                helloSentMillis = nowMillis
+            }
+            return
+        }
+        steer(nowMillis: nowMillis)
+    }
+
+    private func steer(nowMillis: UInt64) {
+        let pageSize: UInt64 = 4096
+        let memoryPages = account.memoryBytes / pageSize
+        let targetPages = min(account.targetBytes / pageSize, memoryPages)
+        let wanted = memoryPages - targetPages
+        guard let request = steering.next(wantedPages: wanted, balloonPages: account.balloonBytes / pageSize, nowMillis: nowMillis),
+              var session else { return }
+        let requestID = session.nextRequest()
+        self.session = session
+        account.requestedBalloonBytes = request * pageSize
+        logger.info("balloon target \((request * pageSize) >> 20) MiB (VM target \(account.targetBytes >> 20) MiB, balloon now \(account.balloonBytes >> 20) MiB)",
+                    metadata: ["session": "\(session.sessionID)"])
+        send(.setTarget(SetTarget(balloonPages: request)), requestID: requestID)
+    }
+
+    /// Carries out the session's actions; false when the session ended.
+    @discardableResult
+    private func perform(_ actions: [HostSessionAction], nowMillis: UInt64) -> Bool {
+        for action in actions {
+            let sessionID = session?.sessionID ?? 0
+            switch action {
+            case .send(let message, let requestID):
+                send(message, requestID: requestID)
+            case .established(let negotiated, let balloonPages):
+                account.sessions += 1
+                account.agentVersion = negotiated.remoteSoftwareVersion
+                account.state = "established"
+                reconnectDelayMillis = RuntimeTiming.reconnectMinMillis
+                steering.sessionStarted()
+                logger.notice("session established with ballonet-guest \(negotiated.remoteSoftwareVersion), protocol \(negotiated.version); guest balloon \((balloonPages * 4096) >> 20) MiB",
+                              metadata: ["session": "\(sessionID)", "guest_session": "\(negotiated.remoteSessionID)"])
+            case .reclaim(let request):
+                reclaim(request, nowMillis: nowMillis)
+            case .balloonChanged(let pages, let reason):
+                account.balloonBytes = pages * 4096
+                logger.debug("balloon \((pages * 4096) >> 20) MiB: \(reason)", metadata: ["session": "\(sessionID)"])
+            case .guestReleasedUnderPressure(let pages):
+                account.pressureReleasedBytes += pages * 4096
+                steering.guestReleasedUnderPressure(balloonPagesNow: account.balloonBytes / 4096, nowMillis: nowMillis)
+                account.requestedBalloonBytes = (steering.requestedPages ?? 0) * 4096
+                logger.notice("guest released \((pages * 4096) >> 20) MiB under memory pressure; not inflating for \(steering.settings.pressureBackoffMillis / 1000) s",
+                              metadata: ["session": "\(sessionID)"])
+            case .statsReceived(let sample):
+                account.record(sample)
+            case .refused(let why):
+                account.refusedMessages += 1
+                account.lastRefusal = why
+                logger.warning("refused guest message: \(why)", metadata: ["session": "\(sessionID)"])
+            case .reset(let why):
+                disconnect(nowMillis: nowMillis, reason: why, misbehaved: true)
+                return false
+            case .note(let text):
+                logger.info("\(text)", metadata: ["session": "\(sessionID)"])
+            }
+        }
+        return true
+    }
+
+    private func reclaim(_ request: ReclaimRequest, nowMillis: UInt64) {
+        guard let reclaimer, var session else { return }
+        let outcome: Result<ReclaimOutcome, ReclaimError>
+        do {
+            outcome = .success(try reclaimer.reclaim(request.extents))
+        } catch {
+            outcome = .failure(error)
+        }
+        switch outcome {
+        case .success(let done):
+            account.reclaimedBytes += done.freedBytes
+            account.batchesReclaimed += 1
+            logger.debug("reclaimed batch: \(done.requestedBytes >> 10) KiB asked, \(done.freedBytes >> 10) KiB freed",
+                         metadata: ["session": "\(session.sessionID)", "batch": "\(request.batchID)"])
+        case .failure(let error):
+            account.batchesDeclined += 1
+            logger.error("reclaim failed, declining the batch: \(error)", metadata: ["session": "\(session.sessionID)", "batch": "\(request.batchID)"])
+        }
+        let actions = session.reclaimFinished(request, outcome: outcome)
+        self.session = session
+        perform(actions, nowMillis: nowMillis)
+    }
+
+    /// Reads resident and swapped guest RAM from smaps, and the memfd's size.
+    func sampleHostFigures() {
+        guard let reclaimer else { return }
+        do {
+            let (resident, swapped) = try reclaimer.residentAndSwapped()
+            account.residentBytes = resident
+            account.swappedBytes = swapped
+            account.backingFileBytes = reclaimer.fileAllocatedBytes()
+        } catch {
+            logger.warning("cannot read QEMU's memory figures: \(error)")
+            if !ProcessControl.exists(reclaimer.processID) {
+                account.state = "QEMU (pid \(reclaimer.processID)) is gone"
+                self.reclaimer = nil
+                self.map = nil
+                port = nil
+                session = nil
+            }
+        }
+    }
+
+    /// Sends goodbye and closes (the agent is stopping).
+    func close(reason: String) {
+        guard port != nil else { return }
+        if isEstablished { send(.goodbye(Goodbye(reason: .shutdown, message: reason))) }
+        flush()
+        port = nil
+        session = nil
+    }
+}
+
+/// The engine's timing constants.
+enum RuntimeTiming {
+    /// Reconnect quickly after a clean end (QEMU restarted the chardev), back off to 30 s after failures
+    /// or a misbehaving guest, so a hostile guest cannot keep the host busy with handshakes.
+    static let reconnectMinMillis: UInt64 = 500
+    static let reconnectMaxMillis: UInt64 = 30_000
+    /// How long the host waits for a guest's hello before saying hello again.
+    static let helloRepeatMillis: UInt64 = 5_000
+    /// One read from a port: a few frames' worth; the loop comes back for more.
+    static let readChunkBytes = 256 << 10
+}

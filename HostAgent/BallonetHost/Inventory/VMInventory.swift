@@ -1,0 +1,154 @@
+import BallonetLinux
+import Foundation
+import Logging
+
+/// Why the inventory could not start or find a VM.
+public struct InventoryError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Where a VM's QEMU can be reached: what the engine needs, whichever source found the VM.
+public struct VMEndpoint: Equatable, Sendable {
+    public var name: String
+    public var qmpSocket: String
+    /// The host end of the VM's `org.ballonet.0` port: a chardev socket QEMU listens on.
+    public var portSocket: String
+    /// The agent started this QEMU (and may stop it on exit).
+    public var managed: Bool
+}
+
+/// The seam between the engine and whatever knows the VMs: QEMU processes from host.toml today, libvirt's
+/// domains later. A source turns its VMs into endpoints; QEMU and QMP details stay behind it.
+public protocol VMInventory {
+    /// The VMs to manage now, starting any that the source starts itself.
+    func endpoints(logger: Logger) throws -> [VMEndpoint]
+    /// The agent is exiting.
+    func shutdown(logger: Logger)
+}
+
+/// VMs from host.toml: QEMUs this agent starts (`[[vm]]` with kernel or disk) and running QEMUs it
+/// attaches to (`[[vm]]` with qmp_socket and port_socket).
+///
+/// A started QEMU is daemonized with a pid file in `<state directory>/<vm>/`, so it outlives the agent;
+/// a restarted agent finds it there, alive and answering QMP, and attaches instead of starting another.
+public final class QEMUInventory: VMInventory {
+    public let configuration: HostConfiguration
+    private var started: [String] = []
+
+    public init(configuration: HostConfiguration) { self.configuration = configuration }
+
+    public func directory(of vm: VMConfiguration) -> String { configuration.stateDirectory + "/" + vm.name }
+
+    public func endpoints(logger: Logger) throws -> [VMEndpoint] {
+        try FileSystem.makeDirectory(configuration.stateDirectory, permissions: 0o755, orExisting: true)
+        var result: [VMEndpoint] = []
+        for vm in configuration.vms {
+            guard let launch = vm.launch else {
+                result.append(VMEndpoint(name: vm.name, qmpSocket: vm.qmpSocket, portSocket: vm.portSocket, managed: false))
+                continue
+            }
+            let directory = directory(of: vm)
+            let endpoint = VMEndpoint(name: vm.name, qmpSocket: directory + "/qmp.sock", portSocket: directory + "/ballonet.sock",
+                                      managed: true)
+            if let pid = runningProcessID(directory: directory), (try? QMPClient(path: endpoint.qmpSocket, timeout: .seconds(2))) != nil {
+                logger.notice("QEMU of \(vm.name) is already running (pid \(pid)); attaching to it", metadata: ["vm": "\(vm.name)"])
+            } else {
+                try start(vm, launch: launch, directory: directory, logger: logger)
+                started.append(vm.name)
+            }
+            result.append(endpoint)
+        }
+        return result
+    }
+
+    private func runningProcessID(directory: String) -> Int32? {
+        guard let bytes = try? FileSystem.readFile(directory + "/qemu.pid", maxBytes: 64),
+              let pid = Int32(String(decoding: bytes, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)),
+              ProcessControl.exists(pid) else { return nil }
+        return pid
+    }
+
+    /// The QEMU command line for a managed VM: memfd or anonymous RAM as Ballonet's reclaim wants it, the
+    /// `org.ballonet.0` port on a socket, QMP on a socket, the serial console to a file, daemonized.
+    public static func arguments(for vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String) -> [String] {
+        let backend = switch launch.ramBacking {
+        case .memfd: "memory-backend-memfd,id=ram0,size=\(launch.memoryMiB)M,share=on"
+        case .anonymous: "memory-backend-ram,id=ram0,size=\(launch.memoryMiB)M"
+        }
+        var arguments = [
+            "-name", vm.name,
+            "-machine", "pc,memory-backend=ram0",
+            "-object", backend,
+            "-m", "\(launch.memoryMiB)M",
+            "-smp", "\(launch.cpus)",
+            "-nodefaults", "-no-user-config",
+            "-display", "none",
+            "-chardev", "socket,id=qmp0,path=\(directory)/qmp.sock,server=on,wait=off",
+            "-mon", "chardev=qmp0,mode=control",
+            "-chardev", "file,id=console0,path=\(directory)/console.log",
+            "-serial", "chardev:console0",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-chardev", "socket,id=ballonet0,path=\(directory)/ballonet.sock,server=on,wait=off",
+            "-device", "virtserialport,bus=vser0.0,chardev=ballonet0,name=org.ballonet.0",
+            // Entropy from the host: without it getrandom() in the guest blocks for seconds after boot.
+            "-device", "virtio-rng-pci",
+            "-pidfile", "\(directory)/qemu.pid",
+            "-D", "\(directory)/qemu.log",
+            "-daemonize",
+        ]
+        // In order of preference: QEMU takes the first that initialises.
+        for accelerator in launch.accelerators { arguments += ["-accel", accelerator] }
+        if launch.kernel.isEmpty {
+            arguments += ["-drive", "file=\(launch.disk),if=virtio"]
+        } else {
+            arguments += ["-kernel", launch.kernel, "-append", launch.append]
+            if !launch.initrd.isEmpty { arguments += ["-initrd", launch.initrd] }
+        }
+        arguments += launch.extraArguments.split(separator: " ").map(String.init)
+        return arguments
+    }
+
+    private func start(_ vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String, logger: Logger) throws {
+        try FileSystem.makeDirectory(directory, permissions: 0o700, orExisting: true)
+        for socket in ["qmp.sock", "ballonet.sock", "qemu.pid"] { try? FileSystem.removeFile(directory + "/" + socket) }
+        let arguments = Self.arguments(for: vm, launch: launch, directory: directory)
+        let executable = launch.qemu.contains("/") ? launch.qemu : "/usr/bin/" + launch.qemu
+        // The daemonizing QEMU's own output (errors before it detaches) goes to a file beside its sockets.
+        let startLog = directory + "/qemu-start.log"
+        logger.info("starting QEMU for \(vm.name): \(launch.memoryMiB) MiB \(launch.ramBacking.rawValue) RAM, \(launch.cpus) vCPU",
+                    metadata: ["vm": "\(vm.name)", "command": "\(executable) \(arguments.joined(separator: " "))"])
+        let status: Int32
+        do {
+            // With -daemonize the first process exits once the VM is set up (sockets and pid file exist).
+            status = try ProcessControl.waitForExit(try ProcessControl.spawn(executable, arguments: arguments, outputPath: startLog))
+        } catch {
+            throw InventoryError("cannot start \(executable) for VM \(vm.name): \(error)")
+        }
+        guard status == 0 else {
+            let message = String(decoding: (try? FileSystem.readFile(startLog, maxBytes: 64 << 10)) ?? [], as: UTF8.self)
+            throw InventoryError("QEMU for VM \(vm.name) failed to start (exit \(status)): \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
+    }
+
+    public func shutdown(logger: Logger) {
+        guard configuration.stopVMsOnExit else {
+            if !started.isEmpty {
+                logger.notice("leaving the VMs this agent started running (stop_vms_on_exit is off): \(started.joined(separator: ", "))")
+            }
+            return
+        }
+        for vm in configuration.vms where vm.launch != nil {
+            let directory = directory(of: vm)
+            guard let pid = runningProcessID(directory: directory) else { continue }
+            logger.notice("stopping QEMU of \(vm.name) (pid \(pid))", metadata: ["vm": "\(vm.name)"])
+            if let qmp = try? QMPClient(path: directory + "/qmp.sock", timeout: .seconds(2)) {
+                _ = try? qmp.execute("quit")
+            } else {
+                try? ProcessControl.send(.terminate, to: pid)
+            }
+            for _ in 0..<50 where ProcessControl.exists(pid) { MonotonicClock.sleep(for: .milliseconds(100)) }
+            if ProcessControl.exists(pid) { try? ProcessControl.send(.kill, to: pid) }
+        }
+    }
+}

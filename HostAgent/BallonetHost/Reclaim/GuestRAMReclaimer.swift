@@ -1,0 +1,199 @@
+import BallonetLinux
+
+/// How the host gets the memory behind balloon pages back.
+public enum ReclaimMethod: String, Sendable, Codable {
+    /// `fallocate(PUNCH_HOLE)` on the memfd or file behind shared guest RAM: the pages are freed at once
+    /// and the guest reads zeroes if it ever touches them again.
+    case punch
+    /// `process_madvise(MADV_PAGEOUT)` on QEMU's mapping of anonymous guest RAM: the pages go to host swap
+    /// (content kept), so it frees memory only where the host has swap or zswap.
+    case pageout
+}
+
+/// Where one RAM block lives in QEMU, and how its memory is reclaimed.
+public struct RAMBlockBacking: Sendable, CustomStringConvertible {
+    public var block: String
+    /// QEMU's virtual address of block offset 0.
+    public var hostAddress: UInt64
+    /// Bytes of the block that guest RAM segments use (the largest offset + length).
+    public var length: UInt64
+    public var method: ReclaimMethod
+    /// For `.punch`: the file behind the mapping as QEMU holds it (`/proc/<pid>/fd/N`) and the file
+    /// offset of block offset 0.
+    public var filePath: String?
+    public var fileOffset: UInt64
+
+    public var description: String {
+        switch method {
+        case .punch: "\(block): \(length >> 20) MiB at 0x\(String(hostAddress, radix: 16)), punch \(filePath ?? "?") from offset \(fileOffset)"
+        case .pageout: "\(block): \(length >> 20) MiB at 0x\(String(hostAddress, radix: 16)), anonymous, pageout"
+        }
+    }
+}
+
+/// What one reclaim did.
+public struct ReclaimOutcome: Sendable, Equatable {
+    /// Bytes of guest RAM the host acted on.
+    public var requestedBytes: UInt64
+    /// Bytes of host memory freed, as measured: for punch, the drop in the file's allocated blocks (fstat);
+    /// for pageout, what the kernel says it advised (the sampled resident figure shows what really left).
+    public var freedBytes: UInt64
+}
+
+/// Why reclaim could not be set up or carried out. The batch is then declined: its pages keep their
+/// contents, and the guest may take them back.
+public struct ReclaimError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Carries out reclaim for one VM: finds each RAM block's mapping in QEMU and its file, then punches or
+/// pages out the extents of acknowledged-to-be batches. It is the only place the host discards guest
+/// memory; the session decides what may be discarded (safety invariants 1 and 6).
+public final class GuestRAMReclaimer {
+    public let processID: Int32
+    public let backings: [String: RAMBlockBacking]
+    private let process: DescriptorBox
+    private var files: [String: DescriptorBox] = [:]
+
+    final class DescriptorBox {
+        let descriptor: FileDescriptor
+        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
+    }
+
+    /// Resolves each block of `map`: `hostAddressOf` gives QEMU's address of a guest-physical address
+    /// (HMP `gpa2hva`); QEMU's /proc/<pid>/maps says which mapping holds it and whether it is shared and
+    /// file-backed (punch) or anonymous (pageout).
+    public init(processID: Int32, map: GuestRAMMap, hostAddressOf: (UInt64) throws -> UInt64) throws {
+        self.processID = processID
+        do {
+            process = DescriptorBox(try ProcessControl.openDescriptor(forProcess: processID))
+        } catch {
+            throw ReclaimError("cannot open QEMU process \(processID): \(error)")
+        }
+        let mappings: [SmapsMapping]
+        do {
+            mappings = try ProcFiles.maps(of: .id(processID)).mappings
+        } catch {
+            throw ReclaimError("cannot read /proc/\(processID)/maps: \(error)")
+        }
+        var backings: [String: RAMBlockBacking] = [:]
+        for block in map.blocks {
+            let segments = map.segments.filter { $0.block == block }
+            let first = segments[0]
+            let address = try hostAddressOf(first.guestPhysicalStart)
+            guard address >= first.blockOffset else { throw ReclaimError("QEMU put block \(block) at an impossible address") }
+            let base = address - first.blockOffset
+            let length = segments.map { $0.blockOffset + $0.length }.max() ?? 0
+            guard let mapping = mappings.first(where: { $0.start <= base && base + length <= $0.end }) else {
+                throw ReclaimError("no single mapping of QEMU \(processID) holds block \(block) (\(length >> 20) MiB at 0x\(String(base, radix: 16)))")
+            }
+            var backing = RAMBlockBacking(block: block, hostAddress: base, length: length, method: .pageout,
+                                          filePath: nil, fileOffset: 0)
+            if mapping.permissions.shared, mapping.inode != 0 {
+                let (path, file) = try Self.openFile(ofProcess: processID, inode: mapping.inode, block: block)
+                backing.method = .punch
+                backing.filePath = path
+                backing.fileOffset = mapping.offset + (base - mapping.start)
+                files[block] = file
+            }
+            backings[block] = backing
+        }
+        self.backings = backings
+    }
+
+    /// The descriptor of QEMU's that names the file with `inode`, opened anew for writing.
+    private static func openFile(ofProcess processID: Int32, inode: UInt64, block: String) throws -> (String, DescriptorBox) {
+        let directory = "/proc/\(processID)/fd"
+        let entries: [String]
+        do {
+            entries = try FileSystem.listDirectory(directory)
+        } catch {
+            throw ReclaimError("cannot list \(directory): \(error)")
+        }
+        for entry in entries {
+            let path = "\(directory)/\(entry)"
+            guard let status = try? FileSystem.status(ofPath: path), status.kind == .regular, status.inode == inode else { continue }
+            do {
+                return (path, DescriptorBox(try FileDescriptor.open(path, .readWrite)))
+            } catch {
+                throw ReclaimError("cannot open \(path), the file behind block \(block): \(error)")
+            }
+        }
+        throw ReclaimError("QEMU \(processID) maps block \(block) shared from inode \(inode) but holds no descriptor for it")
+    }
+
+    /// Methods in use, for logs and status ("punch", "pageout", "punch+pageout").
+    public var methodSummary: String {
+        Set(backings.values.map(\.method.rawValue)).sorted().joined(separator: "+")
+    }
+
+    /// Bytes of host memory the guest-RAM files hold (punch blocks only; nil when there are none).
+    public func fileAllocatedBytes() -> UInt64? {
+        guard !files.isEmpty else { return nil }
+        var total: UInt64 = 0
+        for file in files.values {
+            if let status = try? file.descriptor.status() { total += UInt64(max(status.allocatedBytes, 0)) }
+        }
+        return total
+    }
+
+    /// Reclaims the memory behind `extents` (already checked against the map by the session).
+    public func reclaim(_ extents: [BlockExtent]) throws(ReclaimError) -> ReclaimOutcome {
+        var requested: UInt64 = 0
+        var freed: UInt64 = 0
+        var pageout: [AddressRange] = []
+        var punchedBefore: [String: Int64] = [:]
+        for extent in extents {
+            guard let backing = backings[extent.block] else { throw ReclaimError("no backing for block \(extent.block)") }
+            guard extent.offset + extent.length <= backing.length else {
+                throw ReclaimError("extent \(extent.offset)+\(extent.length) past the end of block \(extent.block)")
+            }
+            requested += extent.length
+            switch backing.method {
+            case .punch:
+                guard let file = files[extent.block] else { throw ReclaimError("no file for block \(extent.block)") }
+                if punchedBefore[extent.block] == nil {
+                    punchedBefore[extent.block] = (try? file.descriptor.status().allocatedBytes) ?? 0
+                }
+                do {
+                    try file.descriptor.punchHole(offset: Int64(backing.fileOffset + extent.offset), length: Int64(extent.length))
+                } catch {
+                    throw ReclaimError("punching \(extent.length) bytes of block \(extent.block) at \(extent.offset): \(error)")
+                }
+            case .pageout:
+                pageout.append(AddressRange(start: backing.hostAddress + extent.offset, length: extent.length))
+            }
+        }
+        for (block, before) in punchedBefore {
+            let after = (try? files[block]?.descriptor.status().allocatedBytes) ?? before
+            freed += UInt64(max(before - after, 0))
+        }
+        var index = 0
+        while index < pageout.count {
+            let chunk = Array(pageout[index..<min(index + ProcessControl.maximumRangesPerAdvice, pageout.count)])
+            do {
+                freed += UInt64(try ProcessControl.adviseMemory(ofProcess: process.descriptor, ranges: chunk, advice: .pageOut))
+            } catch {
+                throw ReclaimError("paging out \(chunk.count) ranges of QEMU \(processID): \(error)")
+            }
+            index += chunk.count
+        }
+        return ReclaimOutcome(requestedBytes: requested, freedBytes: freed)
+    }
+
+    /// Bytes of guest RAM resident in QEMU now, from /proc/<pid>/smaps (the Rss of the mappings that hold
+    /// guest RAM blocks), and of it swapped out.
+    public func residentAndSwapped() throws -> (resident: UInt64, swapped: UInt64) {
+        let ranges = backings.values.map { ($0.hostAddress, $0.hostAddress + $0.length) }
+        var resident: UInt64 = 0, swapped: UInt64 = 0
+        try ProcFiles.forEachSmapsMapping(of: .id(processID)) { mapping in
+            if ranges.contains(where: { mapping.start < $0.1 && $0.0 < mapping.end }) {
+                resident += mapping.rss
+                swapped += mapping.swap
+            }
+            return true
+        }
+        return (resident, swapped)
+    }
+}

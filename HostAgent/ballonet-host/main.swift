@@ -1,3 +1,0 @@
-import BallonetHost
-
-HostCommand.main()
