@@ -4,6 +4,7 @@ import BallonetWire
 
 public struct TestTimeout: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// The host side of the protocol, written for tests and benchmarks: listens where the agent connects, speaks frames,

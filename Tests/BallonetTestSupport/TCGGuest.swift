@@ -78,6 +78,7 @@ public final class TCGGuest: @unchecked Sendable {
         appendArguments: String = "",
         virtioBalloon: Bool = false,
         ramBacking: RAMBacking = .memfd,
+        startPaused: Bool = false,
         workDirectory: URL
     ) throws -> TCGGuest {
         guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) else {
@@ -161,7 +162,9 @@ public final class TCGGuest: @unchecked Sendable {
             console = ConsoleConnection(fd: consoleFD, logPath: path("console.log"))
             let qmp = try QMPConnection(path: qmpSocket, retryFor: 20, while: { process.isRunning })
             defer { qmp.close() }
-            _ = try qmp.execute(#"{"execute":"cont"}"#, timeout: 20)
+            // A paused machine (startPaused) never runs its guest: a QEMU with real guest RAM, a RAM map and
+            // QMP, whose memory a test may punch without harming anyone (the hostile-guest tests do).
+            if !startPaused { _ = try qmp.execute(#"{"execute":"cont"}"#, timeout: 20) }
         } catch {
             throw abandon("QEMU did not come up: \(error)")
         }
