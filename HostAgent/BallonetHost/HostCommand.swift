@@ -232,8 +232,10 @@ public enum StatusTable {
             text += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
         }
         let resident = status.vms.reduce(0) { $0 + $1.residentBytes }
-        text += "sizes in MiB; guest RAM resident on the host: \(resident >> 20) MiB"
-            + (status.budgetBytes.map { " of a \($0 >> 20) MiB budget" } ?? "") + "\n"
+        let memory = status.vms.reduce(0) { $0 + $1.memoryBytes }
+        let reclaimed = status.vms.reduce(0) { $0 + $1.reclaimedBytes }
+        text += "sizes in MiB; the VMs have \(memory >> 20) MiB of RAM, \(resident >> 20) MiB of it resident on the host"
+            + (status.budgetBytes.map { " (budget \($0 >> 20) MiB)" } ?? "") + "; \(reclaimed >> 20) MiB reclaimed so far\n"
         return text
     }
 }

@@ -33,6 +33,13 @@ public enum BudgetSplit {
 
     static let bufferBytes: UInt64 = 64 << 20
 
+    /// `a + b`, or `UInt64.max` where that overflows: guest figures come from the guest, and no figure
+    /// a hostile one reports may trap the host.
+    static func saturatingSum(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? .max : sum
+    }
+
     /// Targets for `demands` under `budgetBytes` (nil: no budget: fixed targets or all RAM).
     public static func targets(_ demands: [Demand], budgetBytes: UInt64?) -> [Target] {
         func mib(_ bytes: UInt64) -> UInt64 { bytes >> 20 }
@@ -44,11 +51,11 @@ public enum BudgetSplit {
             if let fixed = demand.fixedTargetBytes {
                 let bytes = min(max(fixed, 0), demand.memoryBytes)
                 targets[index] = Target(name: demand.name, bytes: bytes, reason: "fixed target \(mib(bytes)) MiB")
-                fixedTotal += bytes
+                fixedTotal = saturatingSum(fixedTotal, bytes)
             } else if budgetBytes == nil {
                 targets[index] = Target(name: demand.name, bytes: demand.memoryBytes, reason: "no budget: all its RAM")
             } else if let used = demand.guestUsedBytes {
-                let need = min(demand.memoryBytes, max(minimum, used + used / 5 + bufferBytes))
+                let need = min(demand.memoryBytes, max(minimum, saturatingSum(saturatingSum(used, used / 5), bufferBytes)))
                 flexible.append((index, need, minimum))
             } else {
                 flexible.append((index, demand.memoryBytes, minimum))
@@ -56,7 +63,7 @@ public enum BudgetSplit {
         }
         guard let budget = budgetBytes else { return targets.compactMap { $0 } }
         let left = budget > fixedTotal ? budget - fixedTotal : 0
-        let needs = flexible.reduce(0) { $0 + $1.need }
+        let needs = flexible.reduce(0) { saturatingSum($0, $1.need) }
         if needs <= left {
             for entry in flexible {
                 let demand = demands[entry.index]
@@ -65,9 +72,9 @@ public enum BudgetSplit {
                 targets[entry.index] = Target(name: demand.name, bytes: entry.need, reason: reason)
             }
         } else {
-            let minimums = flexible.reduce(0) { $0 + $1.minimum }
+            let minimums = flexible.reduce(0) { saturatingSum($0, $1.minimum) }
             let spare = left > minimums ? left - minimums : 0
-            let above = flexible.reduce(0) { $0 + ($1.need - $1.minimum) }
+            let above = flexible.reduce(0) { saturatingSum($0, $1.need - $1.minimum) }
             for entry in flexible {
                 // spare × (need − min) / above without overflow; the quotient is at most `spare`.
                 let product = spare.multipliedFullWidth(by: entry.need - entry.minimum)

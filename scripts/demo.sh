@@ -1,0 +1,100 @@
+#!/bin/bash
+# `make demo`: Ballonet at work on this machine. Installs what it needs, builds, boots three small TCG
+# guests under a ballonet-host whose memory budget is smaller than their sum, and shows every second what
+# the host decides and gets back: one guest idle, one busy (re-touching 200 MiB), one growing (from
+# nothing to 380 MiB at 4 MiB/s after 30 s). At the end: a summary. Everything it started is stopped.
+#
+#   DEMO_SECONDS=150   how long the scenario runs once the guests are up
+#   DEMO_BUDGET_MIB=1024  the host's budget for the three 512 MiB guests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/opt/swift/usr/bin"
+seconds=${DEMO_SECONDS:-150}
+budget=${DEMO_BUDGET_MIB:-1024}
+
+if [ "$(id -u)" != 0 ]; then
+    echo "make demo: run as root: it starts QEMU guests and reclaims their memory" >&2
+    exit 1
+fi
+bash scripts/install-deps.sh
+echo "== building ballonet-host, ballonetctl and the static ballonet-guest"
+swift build --product ballonet-host >/dev/null
+swift build --product ballonetctl >/dev/null
+swift build -c release --static-swift-stdlib --product ballonet-guest --scratch-path .build-guest >/dev/null
+echo "== building the guest image (cached after the first time)"
+bash packaging/guest-image/build-initramfs.sh --agent .build-guest/release/ballonet-guest --out .build-guest/guest-image >/dev/null
+bin=$(swift build --show-bin-path)
+image=$PWD/.build-guest/guest-image
+
+work=$(mktemp -d /tmp/ballonet-demo.XXXXXX)
+host_pid=""
+cleanup() {
+    if [ -n "$host_pid" ] && kill -0 "$host_pid" 2>/dev/null; then
+        kill -TERM "$host_pid"   # goodbye to the guests; stop_vms_on_exit stops their QEMUs
+        wait "$host_pid" || true
+    fi
+    # Belt and braces: any QEMU of ours still there (its pid file is in our work directory).
+    for pidfile in "$work"/state/*/qemu.pid; do
+        [ -e "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
+    done
+    echo "host agent log kept in $work/host.log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+vm() {  # name, workload (shell command run in the guest at boot)
+    local run=""
+    [ -n "$2" ] && run=" ballonet.run=\\\"$2\\\""
+    cat <<TOML
+
+[[vm]]
+name = "$1"
+memory_mib = 512
+min_mib = 96
+accelerator = "tcg"   # KVM cannot boot guests on this kind of machine
+kernel = "$image/vmlinuz"
+initrd = "$image/initramfs.cpio.gz"
+append = "console=ttyS0 panic=-1 ballonet.hostname=$1 ballonet.agent=1 ballonet.agent_args=\\"--sample-seconds 2\\"$run"
+TOML
+}
+{
+    cat <<TOML
+[host]
+state_directory = "$work/state"
+budget_mib = $budget
+stop_vms_on_exit = true
+TOML
+    vm idle ""
+    vm busy "ballonet-workload churn 200 100000"
+    vm growing "sleep 30; ballonet-workload hold 380 4"
+} > "$work/host.toml"
+
+echo "== starting ballonet-host with three 512 MiB guests and a budget of $budget MiB (config: $work/host.toml)"
+"$bin/ballonet-host" run --config "$work/host.toml" > "$work/host.log" 2>&1 &
+host_pid=$!
+for _ in $(seq 100); do
+    [ -S "$work/state/control.sock" ] && break
+    kill -0 "$host_pid" 2>/dev/null || { echo "ballonet-host failed to start:"; cat "$work/host.log"; exit 1; }
+    sleep 0.2
+done
+
+start=$(date +%s)
+while true; do
+    elapsed=$(( $(date +%s) - start ))
+    [ "$elapsed" -ge "$seconds" ] && break
+    kill -0 "$host_pid" 2>/dev/null || { echo "ballonet-host exited:"; tail -n 30 "$work/host.log"; exit 1; }
+    table=$("$bin/ballonetctl" status --socket "$work/state/control.sock" 2>&1 || true)
+    [ -t 1 ] && printf '\033[H\033[2J'
+    echo "ballonet demo: ${elapsed}s of ${seconds}s (idle: boots and rests; busy: re-touches 200 MiB; growing: from 30 s grows to 380 MiB)"
+    echo "$table"
+    echo "latest decisions:"
+    grep -E 'target [0-9]+ MiB:|under memory pressure|refused' "$work/host.log" | tail -n 4 | sed -E 's/^[^ ]+ [a-z]+ ballonet-host: //; s/\[BallonetHost\] //' || true
+    [ -t 1 ] || echo
+    sleep 1
+done
+
+echo
+echo "== summary after ${seconds}s"
+"$bin/ballonetctl" status --socket "$work/state/control.sock"
+echo "decisions logged: $(grep -c 'target [0-9]* MiB:' "$work/host.log" || true) target changes, $(grep -c 'balloon target' "$work/host.log" || true) balloon requests,"\
+     "$(grep -c 'under memory pressure' "$work/host.log" || true) guest pressure releases, $(grep -c 'refused guest message' "$work/host.log" || true) refused guest messages"
