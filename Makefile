@@ -12,7 +12,7 @@ FUZZ_CORPUS := Fuzz/corpus/decoder
 CHECK_FUZZ_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 
-.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest demo clean
+.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate demo clean
 
 ## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
 ## The test runner's summary is the last thing it prints.
@@ -63,6 +63,14 @@ bench-wire:
 
 ## bench-guest: the agent's balloon against the kernel's virtio-balloon in one TCG guest, and what the
 ## agent costs; keeps its report in docs/benchmarks/guest.md. Needs root (installs QEMU via deps).
+## bench-inflate: Ballonet (ballonet-guest + ballonet-host) against the kernel's virtio-balloon, 768 MiB of a
+## 1 GiB TCG guest each, in one boot; report in docs/benchmarks/inflate.md.
+bench-inflate: deps
+	$(SWIFT) build --product ballonet-host
+	$(SWIFT) build --product ballonet-bench-inflate
+	@mkdir -p docs/benchmarks
+	$$($(SWIFT) build --show-bin-path)/ballonet-bench-inflate | tee docs/benchmarks/inflate.md
+
 bench-guest: deps
 	$(SWIFT) build -c release --product ballonet-bench-guest
 	@mkdir -p docs/benchmarks

@@ -16,6 +16,7 @@ let package = Package(
         .executable(name: "ballonetctl", targets: ["ballonetctl"]),
         .executable(name: "ballonet-bench-wire", targets: ["ballonet-bench-wire"]),
         .executable(name: "ballonet-bench-guest", targets: ["ballonet-bench-guest"]),
+        .executable(name: "ballonet-bench-inflate", targets: ["ballonet-bench-inflate"]),
         .library(name: "BallonetWire", targets: ["BallonetWire"]),
         .library(name: "BallonetLinux", targets: ["BallonetLinux"]),
     ],
@@ -66,13 +67,16 @@ let package = Package(
         // `make bench-guest`: the agent's balloon against the kernel's virtio-balloon in one TCG guest.
         .executableTarget(name: "ballonet-bench-guest", dependencies: ["BallonetGuest", "BallonetTestSupport"],
                           path: "Benchmarks/GuestBench"),
+        // `make bench-inflate`: Ballonet (guest and host agents) against virtio-balloon, in one TCG guest.
+        .executableTarget(name: "ballonet-bench-inflate", dependencies: ["BallonetHost", "BallonetWire", "BallonetTestSupport"],
+                          path: "Benchmarks/InflateBench"),
 
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetConfig", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
-        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport"], path: "Tests/BallonetHostTests"),
+        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig"], path: "Tests/BallonetHostTests"),
         // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests
         // booted from the guest test image, and a host peer that speaks the wire protocol.
         .target(name: "BallonetTestSupport", dependencies: ["BallonetWire", "BallonetLinux"], path: "Tests/BallonetTestSupport"),
