@@ -89,8 +89,14 @@ import Testing
             var flood: [UInt8] = []
             for _ in 0..<(Int(GuestInputLimits.frameBurst) * 2) { flood += ping }
             try? evil.sendRaw(flood)
-            let goodbye = try evil.next(timeout: .seconds(20)) { if case .goodbye = $0 { true } else { false } }
-            if case .goodbye(let farewell) = goodbye.message { #expect(farewell.reason == .protocolError) }
+            // It says goodbye and closes; with our flood still unread on its side, the close may come as a
+            // reset before the goodbye can be read. Either way the session is over.
+            do {
+                let goodbye = try evil.next(timeout: .seconds(20)) { if case .goodbye = $0 { true } else { false } }
+                if case .goodbye(let farewell) = goodbye.message { #expect(farewell.reason == .protocolError) }
+            } catch let error as SystemCallError where error.errno == .ECONNRESET {
+            } catch where evil.closed {
+            }
 
             // The other VM never noticed.
             #expect(isAck(try report(good, session: goodSession, batch: 2, [PFNRange(start: 0x4000, count: 512)])))

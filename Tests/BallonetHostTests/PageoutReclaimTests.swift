@@ -1,0 +1,67 @@
+import BallonetHost
+import BallonetLinux
+import BallonetTestSupport
+import Foundation
+import Testing
+
+/// Reclaim for anonymous guest RAM (`memory-backend-ram`, which KSM can merge but nobody can punch): the host
+/// pages the balloon's memory out with process_madvise(MADV_PAGEOUT). That frees host memory only into swap,
+/// so the test makes a swap file of its own and removes it afterwards.
+@Suite(.serialized) struct PageoutReclaimTests {
+    static let swapFile = "/var/tmp/ballonet-test-pageout.swap"
+
+    func run(_ command: String, _ arguments: [String]) -> Int32 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: command)
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return -1 }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    @Test(.enabled(if: HostTestImage.canRun && FileManager.default.isExecutableFile(atPath: "/sbin/mkswap"),
+                   "needs root, qemu-system-x86_64 and mkswap (make check installs them)"))
+    func aBalloonInAnonymousRAMIsPagedOutToHostSwap() throws {
+        // 1 GiB of swap, made here and removed at the end.
+        #expect(run("/usr/bin/fallocate", ["-l", "1G", Self.swapFile]) == 0)
+        _ = run("/bin/chmod", ["600", Self.swapFile])
+        #expect(run("/sbin/mkswap", [Self.swapFile]) == 0)
+        #expect(run("/sbin/swapon", [Self.swapFile]) == 0)
+        defer {
+            _ = run("/sbin/swapoff", [Self.swapFile])
+            try? FileManager.default.removeItem(atPath: Self.swapFile)
+        }
+
+        let image = try HostTestImage.get()
+        let work = try TCGGuest.makeWorkDirectory(prefix: "pageout")
+        let guest = try TCGGuest.boot(name: "pageout", memoryMiB: 512, kernel: image.kernel, initramfs: image.initramfs,
+                                      appendArguments: "ballonet.agent=1", ramBacking: .anonymous, workDirectory: work)
+        defer { guest.stop() }
+        _ = try guest.waitUntilReady(timeout: 180)
+        _ = try guest.run("ballonet-workload hold 350 > /tmp/touch.log 2>&1 & p=$!; "
+                          + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: 240)
+
+        let host = try HostAgentProcess(directory: work, vms: [("pageout", guest.qmpSocketPath, guest.portSocketPath)])
+        defer { host.stop() }
+        do {
+            let before = try host.wait(for: "pageout", timeout: 90, "session") { $0.state == "established" && $0.residentBytes > 0 }
+            #expect(before.reclaimMethod == "pageout")
+            #expect(before.backingFileBytes == nil, "anonymous RAM has no file to punch")
+            try host.setTarget("pageout", mib: 256)
+            try host.wait(for: "pageout", timeout: 240, "a balloon of 256 MiB") { $0.balloonBytes >= 255 << 20 }
+            let after = try host.wait(for: "pageout", timeout: 20, "resident memory down") { before.residentBytes > $0.residentBytes + (200 << 20) }
+            print("anonymous RAM: resident \(before.residentBytes >> 20) MiB before, \(after.residentBytes >> 20) MiB with a 256 MiB balloon, "
+                  + "\(after.swappedBytes >> 20) MiB in host swap; \(after.reclaimedBytes >> 20) MiB paged out")
+            #expect(after.refusedMessages == 0)
+            // The guest keeps running and gets its memory back (paged in from host swap) when it needs it.
+            try host.setTarget("pageout", mib: 512)
+            try host.wait(for: "pageout", timeout: 120, "an empty balloon") { $0.balloonBytes == 0 }
+            let use = try guest.run("ballonet-workload pattern 200 2 9 | tail -n 2", timeout: 300)
+            #expect(use.status == 0 && !use.output.contains("MISMATCH"), "\(use.output)")
+        } catch {
+            Issue.record("\(error)\nhost log:\n\(String(host.log.suffix(3000)))")
+        }
+    }
+}
