@@ -42,18 +42,25 @@ public struct VMAccount: Codable, Equatable, Sendable {
 
     public init(name: String) { self.name = name }
 
-    /// Takes the figures of a stats sample.
+    /// Bytes of `pages` 4 KiB pages, saturating: every count comes from the guest (safety invariant 6),
+    /// and a hostile one must not make the host trap on overflow.
+    public static func bytes(ofPages pages: UInt64) -> UInt64 {
+        let (bytes, overflow) = pages.multipliedReportingOverflow(by: 4096)
+        return overflow ? .max : bytes
+    }
+
+    /// Takes the figures of a stats sample (guest input: saturating arithmetic throughout).
     public mutating func record(_ sample: StatsSample) {
-        let page: UInt64 = 4096
         guestStatsSequence = sample.sequence
         if let total = sample[.memTotal], let available = sample[.memAvailable] {
             let balloon = sample[.balloonPages] ?? 0
+            let (kept, overflow) = available.addingReportingOverflow(balloon)
             // The balloon is locked, so MemAvailable leaves it out: what the guest uses itself is the rest.
-            let used = total > available + balloon ? total - available - balloon : 0
-            guestUsedBytes = used * page
-            guestAvailableBytes = available * page
+            let used = !overflow && total > kept ? total - kept : 0
+            guestUsedBytes = Self.bytes(ofPages: used)
+            guestAvailableBytes = Self.bytes(ofPages: available)
         }
-        if let workingSet = sample[.workingSetPages] { guestWorkingSetBytes = workingSet * page }
+        if let workingSet = sample[.workingSetPages] { guestWorkingSetBytes = Self.bytes(ofPages: workingSet) }
     }
 }
 

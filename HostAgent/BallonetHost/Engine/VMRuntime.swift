@@ -217,18 +217,18 @@ final class VMRuntime {
                 account.state = "established"
                 reconnectDelayMillis = RuntimeTiming.reconnectMinMillis
                 steering.sessionStarted()
-                logger.notice("session established with ballonet-guest \(negotiated.remoteSoftwareVersion), protocol \(negotiated.version); guest balloon \((balloonPages * 4096) >> 20) MiB",
+                logger.notice("session established with ballonet-guest \(negotiated.remoteSoftwareVersion), protocol \(negotiated.version); guest balloon \(VMAccount.bytes(ofPages: balloonPages) >> 20) MiB",
                               metadata: ["session": "\(sessionID)", "guest_session": "\(negotiated.remoteSessionID)"])
             case .reclaim(let request):
                 reclaim(request, nowMillis: nowMillis)
             case .balloonChanged(let pages, let reason):
-                account.balloonBytes = pages * 4096
-                logger.debug("balloon \((pages * 4096) >> 20) MiB: \(reason)", metadata: ["session": "\(sessionID)"])
+                account.balloonBytes = VMAccount.bytes(ofPages: pages)
+                logger.debug("balloon \(VMAccount.bytes(ofPages: pages) >> 20) MiB: \(reason)", metadata: ["session": "\(sessionID)"])
             case .guestReleasedUnderPressure(let pages):
-                account.pressureReleasedBytes += pages * 4096
+                account.pressureReleasedBytes = account.pressureReleasedBytes.addingReportingOverflow(VMAccount.bytes(ofPages: pages)).partialValue
                 steering.guestReleasedUnderPressure(balloonPagesNow: account.balloonBytes / 4096, nowMillis: nowMillis)
                 account.requestedBalloonBytes = (steering.requestedPages ?? 0) * 4096
-                logger.notice("guest released \((pages * 4096) >> 20) MiB under memory pressure; not inflating for \(steering.settings.pressureBackoffMillis / 1000) s",
+                logger.notice("guest released \(VMAccount.bytes(ofPages: pages) >> 20) MiB under memory pressure; not inflating for \(steering.settings.pressureBackoffMillis / 1000) s",
                               metadata: ["session": "\(sessionID)"])
             case .statsReceived(let sample):
                 account.record(sample)
