@@ -48,18 +48,13 @@ func reportCostPerGiB(hugePages: Bool) throws -> (milliseconds: Double, bytes: I
 
 // MARK: The TCG guest
 
-func qmpNumber(_ answer: String, _ key: String) -> UInt64? {
-    guard let range = answer.range(of: "\"\(key)\":") else { return nil }
-    return UInt64(answer[range.upperBound...].drop { $0 == " " }.prefix { $0.isNumber })
-}
-
 /// Asks the kernel's virtio-balloon for `targetMiB` of guest RAM and returns the seconds until QEMU
 /// reports it there (within 4 MiB).
 func kernelBalloon(_ guest: TCGGuest, toMiB targetMiB: UInt64) throws -> Double {
     let start = ContinuousClock.now
     _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#(targetMiB << 20)}}"#)
     while true {
-        let actual = qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0
+        let actual = TCGGuest.qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0
         if actual >> 20 >= targetMiB - 4 && actual >> 20 <= targetMiB + 4 { return seconds(since: start) }
         if seconds(since: start) > 600 { fail("virtio-balloon stuck at \(actual >> 20) MiB on the way to \(targetMiB) MiB") }
         Thread.sleep(forTimeInterval: 0.05)
@@ -103,14 +98,6 @@ func stopAgent(_ guest: TCGGuest, _ host: PeerConnection) throws {
     _ = try? host.collect(for: .milliseconds(200))
 }
 
-/// Touches `megabytes` of guest memory and frees it, so the pages the balloon takes were in use (and
-/// backed by the host) first, as in a guest that has run a while.
-func touchGuestMemory(_ guest: TCGGuest, megabytes: Int) throws {
-    let run = try guest.run("ballonet-workload hold \(megabytes) > /tmp/touch.log 2>&1 & p=$!; "
-                            + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: 300)
-    guard run.status == 0 else { fail("touching guest memory failed: \(run.output)") }
-}
-
 func fieldKiB(_ status: String, _ name: String) -> UInt64 {
     for line in status.split(separator: "\n") where line.hasPrefix(name + ":") {
         return UInt64(line.split(whereSeparator: { $0 == " " || $0 == "\t" })[1]) ?? 0
@@ -143,7 +130,7 @@ _ = try guest.waitUntilReady(timeout: 300)
 _ = try guest.run("modprobe virtio_balloon 2>/dev/null; true", timeout: 30)
 
 var rows: [(String, Double, Double, String)] = []
-try touchGuestMemory(guest, megabytes: Int(balloonMiB))
+try guest.touchAndFree(megabytes: Int(balloonMiB))
 let kernelInflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB) - balloonMiB)
 let kernelDeflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB))
 rows.append(("kernel virtio-balloon (QMP balloon)", Double(balloonMiB) / kernelInflate, Double(balloonMiB) / kernelDeflate, "4 KiB pages"))
@@ -151,7 +138,7 @@ rows.append(("kernel virtio-balloon (QMP balloon)", Double(balloonMiB) / kernelI
 var rssLine = ""
 var idleLine = ""
 for (name, flags) in [("ballonet-guest, 2 MiB pages (default)", ""), ("ballonet-guest, 4 KiB pages (--no-huge-pages)", "--no-huge-pages")] {
-    try touchGuestMemory(guest, megabytes: Int(balloonMiB))
+    try guest.touchAndFree(megabytes: Int(balloonMiB))
     let (host, session) = try startAgent(guest, flags)
     let inflate = try agentBalloon(host, session: session, toPages: balloonMiB * mib)
     let deflate = try agentBalloon(host, session: session, toPages: 0)

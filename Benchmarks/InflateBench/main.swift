@@ -22,28 +22,6 @@ func fail(_ message: String) -> Never {
     exit(1)
 }
 
-func resident(_ pid: Int32) -> UInt64 {
-    var best: (size: UInt64, rss: UInt64) = (0, 0)
-    try? ProcFiles.forEachSmapsMapping(of: .id(pid)) { mapping in
-        if mapping.pathname?.hasPrefix("/memfd:") == true, mapping.permissions.shared, mapping.size > best.size {
-            best = (mapping.size, mapping.rss)
-        }
-        return true
-    }
-    return best.rss
-}
-
-func qmpNumber(_ answer: String, _ key: String) -> UInt64? {
-    guard let range = answer.range(of: "\"\(key)\":") else { return nil }
-    return UInt64(answer[range.upperBound...].drop { $0 == " " }.prefix { $0.isNumber })
-}
-
-func touch(_ guest: TCGGuest) throws {
-    let run = try guest.run("ballonet-workload hold \(balloonMiB) > /tmp/touch.log 2>&1 & p=$!; "
-                            + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: 300)
-    guard run.status == 0 else { fail("touching guest memory failed: \(run.output)") }
-}
-
 guard getuid() == 0 else { fail("run as root: QEMU guests and reclaim") }
 let agent = try GuestImage.buildStaticAgent()
 let image = try GuestImage.ensureBuilt(agent: agent)
@@ -55,23 +33,23 @@ _ = try guest.waitUntilReady(timeout: 300)
 _ = try guest.run("modprobe virtio_balloon 2>/dev/null; true", timeout: 30)
 
 // The kernel's virtio-balloon.
-try touch(guest)
-let kernelBefore = resident(guest.pid)
+try guest.touchAndFree(megabytes: Int(balloonMiB))
+let kernelBefore = try guest.residentGuestRAMBytes
 var start = ContinuousClock.now
 _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#((guestMiB - balloonMiB) << 20)}}"#)
 while true {
-    let actual = (qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0) >> 20
+    let actual = (TCGGuest.qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0) >> 20
     if actual <= guestMiB - balloonMiB + 4 { break }
     if seconds(since: start) > 600 { fail("virtio-balloon stuck at \(actual) MiB") }
     Thread.sleep(forTimeInterval: 0.02)
 }
 let kernelSeconds = seconds(since: start)
-let kernelAfter = resident(guest.pid)
+let kernelAfter = try guest.residentGuestRAMBytes
 _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#(guestMiB << 20)}}"#)
 Thread.sleep(forTimeInterval: 3)
 
 // Ballonet: ballonet-guest (started at boot) and the built ballonet-host, attached to this QEMU.
-try touch(guest)
+try guest.touchAndFree(megabytes: Int(balloonMiB))
 let config = work.appendingPathComponent("host.toml").path
 // One inflate step for the whole balloon: the benchmark measures how fast the balloon goes, as QMP
 // `balloon` asks the kernel's for all of it at once (the default paces inflation at 256 MiB a second).
@@ -95,7 +73,7 @@ while account()?.state != "established" {
     if Date().timeIntervalSince(connected) > 120 { fail("no session with the guest agent; host log: \(hostLog.path)") }
     Thread.sleep(forTimeInterval: 0.1)
 }
-let ballonetBefore = resident(guest.pid)
+let ballonetBefore = try guest.residentGuestRAMBytes
 start = ContinuousClock.now
 _ = try ControlClient.request(ControlRequest(command: "set-target", vm: "bench", mib: guestMiB - balloonMiB), socket: socket)
 while (account()?.balloonBytes ?? 0) < (balloonMiB - 1) << 20 {
@@ -104,7 +82,7 @@ while (account()?.balloonBytes ?? 0) < (balloonMiB - 1) << 20 {
 }
 let ballonetSeconds = seconds(since: start)
 Thread.sleep(forTimeInterval: 0.5)
-let ballonetAfter = resident(guest.pid)
+let ballonetAfter = try guest.residentGuestRAMBytes
 let final = account()
 
 func row(_ name: String, _ seconds: Double, _ before: UInt64, _ after: UInt64) -> String {

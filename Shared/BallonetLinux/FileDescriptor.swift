@@ -341,3 +341,11 @@ public struct FileStatus: Hashable, Sendable {
         groupID = status.st_gid
     }
 }
+
+/// A `FileDescriptor` held by reference, for places a noncopyable value cannot go: dictionaries,
+/// optionals stored in classes, values captured by closures. It closes the descriptor when the last
+/// reference goes.
+public final class SharedDescriptor {
+    public let descriptor: FileDescriptor
+    public init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
+}

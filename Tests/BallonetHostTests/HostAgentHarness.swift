@@ -100,19 +100,6 @@ final class HostAgentProcess {
     }
 }
 
-/// Guest RAM resident in QEMU `pid`, measured by the test itself from /proc/<pid>/smaps: the Rss of the
-/// memfd mapping that holds guest RAM (the largest shared mapping of a memfd).
-func residentGuestRAM(ofQEMU pid: Int32) throws -> UInt64 {
-    var best: (size: UInt64, rss: UInt64) = (0, 0)
-    try ProcFiles.forEachSmapsMapping(of: .id(pid)) { mapping in
-        if mapping.pathname?.hasPrefix("/memfd:") == true, mapping.permissions.shared, mapping.size > best.size {
-            best = (mapping.size, mapping.rss)
-        }
-        return true
-    }
-    return best.rss
-}
-
 enum HostTestImage {
     /// The guest image with the current static agent (built once per test run).
     static func get() throws -> (kernel: URL, initramfs: URL) {

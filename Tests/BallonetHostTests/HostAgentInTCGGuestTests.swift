@@ -17,10 +17,8 @@ import Testing
         _ = try guest.waitUntilReady(timeout: 180)
 
         // The guest's workload touches (nearly) all its memory and frees it again, so the host backs it all.
-        let touch = try guest.run("ballonet-workload hold 400 > /tmp/touch.log 2>&1 & p=$!; "
-                                  + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: 240)
-        #expect(touch.status == 0, "touching guest memory: \(touch.output)")
-        let before = try residentGuestRAM(ofQEMU: guest.pid)
+        try guest.touchAndFree(megabytes: 400, timeout: 240)
+        let before = try guest.residentGuestRAMBytes
         #expect(before >= 400 << 20, "the host should back the touched memory: \(before >> 20) MiB resident")
 
         let host = try HostAgentProcess(directory: work, vms: [("reclaim", guest.qmpSocketPath, guest.portSocketPath)])
@@ -29,7 +27,7 @@ import Testing
             try host.wait(for: "reclaim", timeout: 90, "session with the guest agent") { $0.state == "established" }
             try host.setTarget("reclaim", mib: 256)
             let inflated = try host.wait(for: "reclaim", timeout: 240, "a balloon of 256 MiB") { $0.balloonBytes >= 255 << 20 }
-            let after = try residentGuestRAM(ofQEMU: guest.pid)
+            let after = try guest.residentGuestRAMBytes
             let freed = before > after ? before - after : 0
             print("resident guest RAM: \(before >> 20) MiB before, \(after >> 20) MiB with a 256 MiB balloon: \(freed >> 20) MiB back to the host; "
                   + "the agent counted \(inflated.reclaimedBytes >> 20) MiB reclaimed, memfd holds \((inflated.backingFileBytes ?? 0) >> 20) MiB")

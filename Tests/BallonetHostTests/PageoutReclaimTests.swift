@@ -40,8 +40,7 @@ import Testing
                                       appendArguments: "ballonet.agent=1", ramBacking: .anonymous, workDirectory: work)
         defer { guest.stop() }
         _ = try guest.waitUntilReady(timeout: 180)
-        _ = try guest.run("ballonet-workload hold 350 > /tmp/touch.log 2>&1 & p=$!; "
-                          + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: 240)
+        try guest.touchAndFree(megabytes: 350, timeout: 240)
 
         let host = try HostAgentProcess(directory: work, vms: [("pageout", guest.qmpSocketPath, guest.portSocketPath)])
         defer { host.stop() }

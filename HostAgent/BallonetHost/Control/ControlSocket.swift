@@ -39,13 +39,9 @@ public enum ControlLimits {
 /// credentials are checked (root or the daemon's own user).
 final class ControlServer {
     let path: String
-    private let listener: Box
+    private let listener: SharedDescriptor
     let logger: Logger
 
-    final class Box {
-        let descriptor: FileDescriptor
-        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
-    }
 
     var descriptor: Int32 { listener.descriptor.rawValue }
 
@@ -54,7 +50,7 @@ final class ControlServer {
         self.logger = logger
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         if !directory.isEmpty { try FileSystem.makeDirectory(directory, permissions: 0o755, orExisting: true) }
-        listener = Box(try UnixSocket.listen(at: path, replacingStaleSocket: true))
+        listener = SharedDescriptor(try UnixSocket.listen(at: path, replacingStaleSocket: true))
         try FileSystem.setPermissions(path, 0o600)
     }
 

@@ -13,15 +13,11 @@ public final class HostEngine: @unchecked Sendable {
     var logger: Logger
     private var vms: [VMRuntime] = []
     private let stopRequested = Atomic<Bool>(false)
-    private let wakeReader: Box
-    private let wakeWriter: Box
+    private let wakeReader: SharedDescriptor
+    private let wakeWriter: SharedDescriptor
     private var control: ControlServer?
     private var nextSampleMillis: UInt64 = 0
 
-    final class Box {
-        let descriptor: FileDescriptor
-        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
-    }
 
     /// How often resident memory is read from smaps and the budget is shared out: once a second is
     /// what an operator's live table shows, and costs a few milliseconds per VM.
@@ -37,8 +33,8 @@ public final class HostEngine: @unchecked Sendable {
         let first = pair.first, second = pair.second
         try first.setNonBlocking(true)
         try second.setNonBlocking(true)
-        wakeReader = Box(first)
-        wakeWriter = Box(second)
+        wakeReader = SharedDescriptor(first)
+        wakeWriter = SharedDescriptor(second)
     }
 
     /// Asks the loop to finish (from any thread: the service's shutdown handler).

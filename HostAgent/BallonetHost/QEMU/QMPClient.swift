@@ -23,19 +23,15 @@ public enum QMPLimits {
 /// Blocking, with a deadline on every reply; used by the inventory and the RAM map, not on the hot path.
 public final class QMPClient {
     public let path: String
-    private let socket: Box
+    private let socket: SharedDescriptor
     private var buffer: [UInt8] = []
 
-    private final class Box {
-        let descriptor: FileDescriptor
-        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
-    }
 
     /// Connects and negotiates capabilities.
     public init(path: String, timeout: Duration = QMPLimits.replyTimeout) throws {
         self.path = path
         do {
-            socket = Box(try UnixSocket.connect(to: path, nonBlocking: true))
+            socket = SharedDescriptor(try UnixSocket.connect(to: path, nonBlocking: true))
         } catch {
             throw QMPError("cannot connect to the QMP socket \(path): \(error)")
         }

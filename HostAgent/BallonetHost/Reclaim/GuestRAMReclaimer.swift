@@ -53,13 +53,9 @@ public struct ReclaimError: Error, CustomStringConvertible, Sendable {
 public final class GuestRAMReclaimer {
     public let processID: Int32
     public let backings: [String: RAMBlockBacking]
-    private let process: DescriptorBox
-    private var files: [String: DescriptorBox] = [:]
+    private let process: SharedDescriptor
+    private var files: [String: SharedDescriptor] = [:]
 
-    final class DescriptorBox {
-        let descriptor: FileDescriptor
-        init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
-    }
 
     /// Resolves each block of `map`: `hostAddressOf` gives QEMU's address of a guest-physical address
     /// (HMP `gpa2hva`); QEMU's /proc/<pid>/maps says which mapping holds it and whether it is shared and
@@ -67,7 +63,7 @@ public final class GuestRAMReclaimer {
     public init(processID: Int32, map: GuestRAMMap, hostAddressOf: (UInt64) throws -> UInt64) throws {
         self.processID = processID
         do {
-            process = DescriptorBox(try ProcessControl.openDescriptor(forProcess: processID))
+            process = SharedDescriptor(try ProcessControl.openDescriptor(forProcess: processID))
         } catch {
             throw ReclaimError("cannot open QEMU process \(processID): \(error)")
         }
@@ -103,7 +99,7 @@ public final class GuestRAMReclaimer {
     }
 
     /// The descriptor of QEMU's that names the file with `inode`, opened anew for writing.
-    private static func openFile(ofProcess processID: Int32, inode: UInt64, block: String) throws -> (String, DescriptorBox) {
+    private static func openFile(ofProcess processID: Int32, inode: UInt64, block: String) throws -> (String, SharedDescriptor) {
         let directory = "/proc/\(processID)/fd"
         let entries: [String]
         do {
@@ -115,7 +111,7 @@ public final class GuestRAMReclaimer {
             let path = "\(directory)/\(entry)"
             guard let status = try? FileSystem.status(ofPath: path), status.kind == .regular, status.inode == inode else { continue }
             do {
-                return (path, DescriptorBox(try FileDescriptor.open(path, .readWrite)))
+                return (path, SharedDescriptor(try FileDescriptor.open(path, .readWrite)))
             } catch {
                 throw ReclaimError("cannot open \(path), the file behind block \(block): \(error)")
             }

@@ -190,7 +190,6 @@ public struct HostSession: Sendable {
             // The guest restarted (a new agent, or its session ended): a new host session fences every
             // batch of the old one; none is in reclaim, since reclaim completes before the next frame.
             sessionID = freshSessionID()
-            knownBalloon.removeAll()
             batchesInReclaim.removeAll()
             actions.append(.note("guest began a new session \(hello.sessionID) (was \(current.remoteSessionID)); host session is now \(sessionID)"))
             // A guest whose session still stood answers this with a new hello (inside the window); one

@@ -1,0 +1,33 @@
+import BallonetLinux
+import Foundation
+
+extension TCGGuest {
+    /// Guest RAM resident in this QEMU, measured from /proc/<pid>/smaps: the Rss of the memfd mapping that
+    /// holds guest RAM (the largest shared mapping of a memfd). For memfd-backed guests.
+    public var residentGuestRAMBytes: UInt64 {
+        get throws {
+            var best: (size: UInt64, rss: UInt64) = (0, 0)
+            try ProcFiles.forEachSmapsMapping(of: .id(pid)) { mapping in
+                if mapping.pathname?.hasPrefix("/memfd:") == true, mapping.permissions.shared, mapping.size > best.size {
+                    best = (mapping.size, mapping.rss)
+                }
+                return true
+            }
+            return best.rss
+        }
+    }
+
+    /// Has the guest's workload touch `megabytes` of memory and free it again, so the host backs it (as
+    /// in a guest that has run a while) before a balloon takes it.
+    public func touchAndFree(megabytes: Int, timeout: TimeInterval = 300) throws {
+        let run = try run("ballonet-workload hold \(megabytes) > /tmp/touch.log 2>&1 & p=$!; "
+                          + "until grep -q held /tmp/touch.log; do sleep 0.2; done; kill $p; wait $p; true", timeout: timeout)
+        guard run.status == 0 else { throw Failure("touching \(megabytes) MiB of guest memory failed: \(run.output)") }
+    }
+
+    /// A number field of a QMP answer (`"actual": 1073741824`), for query-balloon and the like.
+    public static func qmpNumber(_ answer: String, _ key: String) -> UInt64? {
+        guard let range = answer.range(of: "\"\(key)\":") else { return nil }
+        return UInt64(answer[range.upperBound...].drop { $0 == " " }.prefix { $0.isNumber })
+    }
+}
