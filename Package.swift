@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "ballonet-bench-inflate", targets: ["ballonet-bench-inflate"]),
         .library(name: "BallonetWire", targets: ["BallonetWire"]),
         .library(name: "BallonetLinux", targets: ["BallonetLinux"]),
+        .library(name: "BallonetPolicy", targets: ["BallonetPolicy"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -47,10 +48,14 @@ let package = Package(
         ),
         .executableTarget(name: "ballonet-guest", dependencies: ["BallonetGuest"], path: "GuestAgent/ballonet-guest"),
 
+        // The policy: shares, idle memory tax, working-set estimates, free-memory states, admission. Pure
+        // values in, decisions out; no dependencies, no clock, no syscalls (the simulator runs it too).
+        .target(name: "BallonetPolicy", path: "HostAgent/BallonetPolicy"),
+
         .target(
             name: "BallonetHost",
             dependencies: [
-                "BallonetWire", "BallonetLinux", "BallonetConfig",
+                "BallonetWire", "BallonetLinux", "BallonetConfig", "BallonetPolicy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -76,6 +81,7 @@ let package = Package(
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetConfig", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
+        .testTarget(name: "BallonetPolicyTests", dependencies: ["BallonetPolicy"], path: "Tests/BallonetPolicyTests"),
         .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig"], path: "Tests/BallonetHostTests"),
         // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests
         // booted from the guest test image, and a host peer that speaks the wire protocol.
