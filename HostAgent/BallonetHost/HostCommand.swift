@@ -1,6 +1,7 @@
 import ArgumentParser
 import BallonetConfig
 import BallonetLinux
+import BallonetPolicy
 import BallonetWire
 import Foundation
 import Logging
@@ -42,9 +43,14 @@ extension HostCommand {
                 to (--attach does the same from the command line). Started QEMUs keep running when the agent \
                 exits (unless stop_vms_on_exit), and a restarted agent attaches to them again.
 
-                Each VM's resident-memory target is its target_mib, a `ballonetctl set-target`, or its share \
-                of budget_mib (what its guest uses plus a buffer, within min_mib and its RAM); the agent \
-                moves each balloon toward its target at most inflate_step_mib per second, at once when \
+                Each VM's resident-memory target is its target_mib, a `ballonetctl set-target`, or what the \
+                policy decides ([policy] in the configuration; docs/POLICY.md): its share of the memory for \
+                VMs (budget_mib, or host RAM less reserve_mib and vm_overhead_mib per VM) by shares with an \
+                idle memory tax, within min_mib and max_mib; on a calm host it is trimmed toward its \
+                working set plus a buffer. The host's free memory sets a state (high, soft, hard, low) that \
+                says how hard to reclaim. A VM the agent would start is refused when its min plus overhead \
+                does not fit or host swap does not cover its max − min (require_swap). The agent moves \
+                each balloon toward its target at most inflate_step_mib per second, at once when \
                 giving memory back, and backs off when a guest releases pages under pressure.
 
                 SIGTERM or SIGINT: goodbye to every guest, then exit 0. Under systemd, Type=notify.
@@ -150,7 +156,7 @@ public struct ControlCommand: ParsableCommand {
             ballonetctl talks to ballonet-host over its control socket (root only). Sizes are MiB.
             """,
         version: BallonetVersion.software,
-        subcommands: [Status.self, SetTarget.self]
+        subcommands: [Status.self, Explain.self, SetTarget.self]
     )
 
     public init() {}
@@ -190,6 +196,36 @@ public struct ControlCommand: ParsableCommand {
         }
     }
 
+    struct Explain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show why a VM has its target: the policy's numbers (shares S, working set, active fraction f, ρ, τ, state).",
+            discussion: """
+                The policy gives each VM its share of the memory for VMs: memory is reclaimed first from the VM \
+                with the lowest ρ = S / (P·(f + k·(1 − f))), k = 1/(1 − τ), so idle memory costs k times active \
+                memory; on a calm host (state high) only trimming toward the working set plus a buffer moves \
+                targets down.
+                """)
+
+        @OptionGroup var socket: SocketOption
+        @Argument(help: "The VM's name, as `status` shows it.") var vm: String
+        @Flag(name: .long, help: "Print the explanation as JSON (sizes in bytes).")
+        var json = false
+
+        func run() throws {
+            let response = try ControlClient.request(ControlRequest(command: "explain", vm: vm), socket: socket.socket)
+            guard response.ok, let explanation = response.explanation else {
+                throw ControlError(response.error ?? "ballonet-host refused the request")
+            }
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try encoder.encode(explanation), as: UTF8.self))
+            } else {
+                print(ExplanationText.render(vm: vm, explanation), terminator: "")
+            }
+        }
+    }
+
     struct SetTarget: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "set-target",
@@ -213,21 +249,54 @@ public struct ControlCommand: ParsableCommand {
     }
 }
 
+/// What `ballonetctl explain` prints.
+public enum ExplanationText {
+    public static func render(vm: String, _ e: MemoryPolicy.Explanation) -> String {
+        func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20) MiB" } ?? "none yet" }
+        let lines = [
+            "\(vm): \(e.summary)",
+            "  rule          \(e.bound.rawValue)",
+            "  target        \(mib(e.targetBytes))" + (e.previousTargetBytes.map { " (was \($0 >> 20) MiB)" } ?? ""),
+            "  goal          \(mib(e.goalBytes))   (before the change limit)",
+            "  allocation    \(mib(e.allocationBytes))   (its share of memory for VMs)",
+            "  demand        \(mib(e.demandBytes))   (working set + buffer within [min, max]; max when not trimming)",
+            "  min / max     \(mib(e.minBytes)) / \(mib(e.maxBytes))",
+            "  shares S      \(e.shares)",
+            "  working set   \(mib(e.workingSetBytes))",
+            "  active f      \(MemoryPolicy.format(e.activeFraction, 3))",
+            "  ρ             \(MemoryPolicy.format(e.sharesPerMiB, 3)) shares per MiB",
+            "  idle tax τ    \(MemoryPolicy.format(e.idleTaxRate, 2))  (k = \(MemoryPolicy.format(e.idleCost, 2)): an idle page costs k active ones)",
+            "  host state    \(e.state.rawValue)",
+        ]
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
+
 /// The table `ballonetctl status` prints, and `make demo` shows every second.
 public enum StatusTable {
     public static func render(_ status: HostStatus) -> String {
         func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20)" } ?? "-" }
-        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "RECLAIMED", "GUEST USED", "METHOD", "STATE"]]
+        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "WSET", "MIN", "MAX", "SHARES", "RECLAIMED", "METHOD", "STATE"]]
         for vm in status.vms {
-            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.reclaimedBytes),
-                         mib(vm.guestUsedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.state])
+            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.workingSetEstimateBytes),
+                         mib(vm.minBytes), mib(vm.maxBytes), vm.shares.map(String.init) ?? "-", mib(vm.reclaimedBytes),
+                         vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.state])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         var text = ""
+        if let state = status.state {
+            let actions = status.actions ?? []
+            text += "host \(state)"
+                + (status.freePercent.map { ": free \(MemoryPolicy.format($0, 1)) %" } ?? "")
+                + (actions.isEmpty ? " (nothing reclaimed beyond trimming)" : " (" + actions.joined(separator: ", ") + ")")
+                + (status.memoryForVMsBytes.map { "; \($0 >> 20) MiB for VMs" } ?? "")
+                + (status.idleTaxRate.map { ", idle tax \(MemoryPolicy.format($0, 2))" } ?? "") + "\n"
+        }
+        if let warning = status.warning { text += "warning: \(warning)\n" }
         for row in rows {
             let cells = row.enumerated().map { index, cell in
                 let pad = String(repeating: " ", count: widths[index] - cell.count)
-                return index == 0 || index >= 6 ? cell + pad : pad + cell
+                return index == 0 || index >= 9 ? cell + pad : pad + cell
             }
             text += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
         }

@@ -241,7 +241,8 @@ public enum MemoryPolicy {
         return "target \(mib(e.targetBytes)): \(why); \(estimate); \(numbers)"
     }
 
-    static func format(_ value: Double, _ decimals: Int) -> String {
+    /// `value` with `decimals` digits after the point (this module has no Foundation to format with).
+    public static func format(_ value: Double, _ decimals: Int) -> String {
         guard value.isFinite else { return value > 0 ? "inf" : "-inf" }
         var scale = 1.0
         for _ in 0..<decimals { scale *= 10 }

@@ -29,7 +29,15 @@ public struct VMAccount: Codable, Equatable, Sendable {
     public var guestUsedBytes: UInt64?
     public var guestAvailableBytes: UInt64?
     public var guestWorkingSetBytes: UInt64?
+    /// The policy's working-set estimate (`WorkingSetEstimator` over the guest's samples).
+    public var workingSetEstimateBytes: UInt64?
+    /// The policy's inputs for this VM.
+    public var shares: UInt64?
+    public var minBytes: UInt64?
+    public var maxBytes: UInt64?
     public var guestStatsSequence: UInt64?
+    /// The period the guest's last sample covered.
+    public var guestSamplePeriodMillis: UInt32?
     public var agentVersion: String?
     public var sessions: UInt64 = 0
     public var batchesReclaimed: UInt64 = 0
@@ -52,6 +60,7 @@ public struct VMAccount: Codable, Equatable, Sendable {
     /// Takes the figures of a stats sample (guest input: saturating arithmetic throughout).
     public mutating func record(_ sample: StatsSample) {
         guestStatsSequence = sample.sequence
+        guestSamplePeriodMillis = sample.periodMillis
         if let total = sample[.memTotal], let available = sample[.memAvailable] {
             let balloon = sample[.balloonPages] ?? 0
             let (kept, overflow) = available.addingReportingOverflow(balloon)
@@ -64,10 +73,45 @@ public struct VMAccount: Codable, Equatable, Sendable {
     }
 }
 
+extension VMAccount {
+    /// What a guest must keep resident, from one stats sample: its working set (MGLRU young pages, or its
+    /// active lists and refaults) plus the memory on no LRU list at all (kernel, slab, page tables: used,
+    /// but in no working-set figure, and not reclaimable by the guest). nil without a working-set figure.
+    /// Guest input: saturating throughout.
+    public static func activeBytes(of sample: StatsSample) -> UInt64? {
+        guard let workingSet = sample[.workingSetPages] else { return nil }
+        var pages = workingSet
+        if let total = sample[.memTotal], let free = sample[.memFree], let activeAnon = sample[.activeAnon],
+           let inactiveAnon = sample[.inactiveAnon], let activeFile = sample[.activeFile], let inactiveFile = sample[.inactiveFile] {
+            let balloon = sample[.balloonPages] ?? 0
+            var onLists: UInt64 = 0
+            var overflow = false
+            for value in [free, balloon, activeAnon, inactiveAnon, activeFile, inactiveFile] {
+                let (sum, over) = onLists.addingReportingOverflow(value)
+                onLists = sum
+                overflow = overflow || over
+            }
+            if !overflow && total > onLists { pages = pages.addingReportingOverflow(total - onLists).overflow ? .max : pages + (total - onLists) }
+        }
+        return bytes(ofPages: pages)
+    }
+}
+
 /// The host as a whole, for `ballonetctl status`.
 public struct HostStatus: Codable, Equatable, Sendable {
     public var version: String
     public var budgetBytes: UInt64?
+    /// The free-memory state (high, soft, hard, low) and what it lets the host do.
+    public var state: String?
+    public var actions: [String]?
+    /// Free memory in percent of the host's memory (or of the budget).
+    public var freePercent: Double?
+    /// M: memory for VMs; capacity: what targets may add up to (M less the free memory kept and fixed targets).
+    public var memoryForVMsBytes: UInt64?
+    public var capacityBytes: UInt64?
+    public var idleTaxRate: Double?
+    /// The policy's warning when the VMs' mins do not fit.
+    public var warning: String?
     public var vms: [VMAccount]
 
     public init(version: String, budgetBytes: UInt64?, vms: [VMAccount]) {

@@ -1,5 +1,6 @@
 import BallonetConfig
 import BallonetLinux
+import BallonetPolicy
 
 /// One VM the host agent manages: either a QEMU it starts itself from `launch`, or a running QEMU it
 /// attaches to through its QMP and port sockets.
@@ -40,8 +41,16 @@ public struct VMConfiguration: Equatable, Sendable {
     public var portSocket = ""
     /// The VM's resident memory target in MiB; nil leaves it to the host budget (or to all its RAM).
     public var targetMiB: UInt64?
-    /// The least memory the budget may leave the VM, MiB.
+    /// The least memory the policy may leave the VM, MiB.
     public var minMiB: UInt64 = 128
+    /// The most it may hold, MiB; nil: all its RAM.
+    public var maxMiB: UInt64?
+    /// Its shares; nil: 10 per MiB of its max (as vSphere's "normal"), so VMs of different sizes with
+    /// default shares lose the same fraction of their memory under pressure, not the same amount.
+    public var shares: UInt64?
+
+    /// The shares the policy uses for a VM whose max is `maxBytes`.
+    public func effectiveShares(maxBytes: UInt64) -> UInt64 { shares ?? max(1, (maxBytes >> 20) * 10) }
 
     public init(name: String) { self.name = name }
 }
@@ -55,8 +64,20 @@ public struct HostConfiguration: Equatable, Sendable {
     public var stateDirectory = "/run/ballonet"
     /// The control socket `ballonetctl` talks to; empty: `<stateDirectory>/control.sock`.
     public var controlSocket = ""
-    /// Memory for all VMs together, MiB; 0: no budget, each VM's target is its `target_mib` or all its RAM.
+    /// Memory for all VMs together, MiB; 0: no budget: host RAM less `reserveMiB` and the VMs' overheads.
+    /// With a budget, the free-memory states are measured against it (budget − what the VMs hold).
     public var budgetMiB: UInt64 = 0
+    /// Host memory kept for the host itself (systemd, libvirtd, the page cache a host needs), MiB.
+    /// 1 GiB: what a Debian host running only VMs keeps in use, with room for bursts.
+    public var reserveMiB: UInt64 = 1024
+    /// QEMU's memory beside guest RAM, per VM, MiB: 64 MiB covers device models, page tables and I/O
+    /// buffers of a KVM guest (ESX reserved 32 MB per VM in 2002; QEMU's are larger). Admission control and M
+    /// count it.
+    public var vmOverheadMiB: UInt64 = 64
+    /// Admission control requires host swap to cover each started VM's max − min (ESX's rule: every VM
+    /// can be given its max by swapping when ballooning cannot).
+    public var requireSwap = true
+    public var policy = PolicyParameters()
     /// Stop the QEMUs this agent started when it exits. Off by default: like libvirt's domains outlive
     /// libvirtd, VMs outlive their host agent, and a restarted agent attaches to them again.
     public var stopVMsOnExit = false
@@ -87,16 +108,21 @@ public enum HostConfigurationLimits {
     public static let inflateStepMiB: ClosedRange<UInt64> = 1...65_536
     /// Up to an hour of backoff after guest pressure.
     public static let backoffSeconds: ClosedRange<UInt64> = 0...3600
+    /// Shares are relative; 1 to 10^9 leaves room for 10 per MiB of a 16 TiB VM and keeps every sum of
+    /// shares exact in the policy's arithmetic.
+    public static let shares: ClosedRange<UInt64> = 1...1_000_000_000
     /// sun_path holds 108 bytes with its NUL.
     public static let maximumSocketPathBytes = 107
 }
 
 extension HostConfiguration {
     public static let knownKeys: [(table: String, keys: [String])] = [
-        ("host", ["state_directory", "control_socket", "budget_mib", "stop_vms_on_exit", "log_level"]),
+        ("host", ["state_directory", "control_socket", "budget_mib", "reserve_mib", "vm_overhead_mib", "require_swap",
+                  "stop_vms_on_exit", "log_level"]),
         ("steering", ["inflate_step_mib", "deadband_mib", "pressure_backoff_seconds"]),
+        ("policy", PolicyTable.keys),
         ("vm", ["name", "memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments",
-                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib"]),
+                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib", "max_mib", "shares"]),
     ]
 
     /// Reads `path` (nil: the default path, where a missing file means the defaults).
@@ -147,6 +173,9 @@ extension HostConfiguration {
                 if let value = try reader.string("state_directory") { configuration.stateDirectory = value }
                 if let value = try reader.string("control_socket") { configuration.controlSocket = value }
                 if let value = try reader.integer("budget_mib", in: 0...(UInt64(1) << 40)) { configuration.budgetMiB = value }
+                if let value = try reader.integer("reserve_mib", in: 0...(UInt64(1) << 40)) { configuration.reserveMiB = value }
+                if let value = try reader.integer("vm_overhead_mib", in: 0...65_536) { configuration.vmOverheadMiB = value }
+                if let value = try reader.boolean("require_swap") { configuration.requireSwap = value }
                 if let value = try reader.boolean("stop_vms_on_exit") { configuration.stopVMsOnExit = value }
                 if let value = try reader.string("log_level") {
                     guard HostLogLevel(rawValue: value) != nil else {
@@ -162,6 +191,8 @@ extension HostConfiguration {
                 if let value = try reader.integer("pressure_backoff_seconds", in: HostConfigurationLimits.backoffSeconds) {
                     configuration.steering.pressureBackoffMillis = value * 1000
                 }
+            case "policy":
+                try PolicyTable.read(table, path: path, into: &configuration.policy)
             default:
                 configuration.vms.append(try reader.vm(existing: configuration.vms))
             }
@@ -248,6 +279,9 @@ private struct TableReader {
         vm.portSocket = try string("port_socket") ?? ""
         vm.targetMiB = try integer("target_mib", in: 0...HostConfigurationLimits.memoryMiB.upperBound)
         if let minimum = try integer("min_mib", in: 0...HostConfigurationLimits.memoryMiB.upperBound) { vm.minMiB = minimum }
+        vm.maxMiB = try integer("max_mib", in: HostConfigurationLimits.memoryMiB)
+        vm.shares = try integer("shares", in: HostConfigurationLimits.shares)
+        if let maximum = vm.maxMiB, vm.minMiB > maximum { throw outOfRange("min_mib", "at most max_mib (\(maximum))") }
         let attaching = !vm.qmpSocket.isEmpty || !vm.portSocket.isEmpty
         let launchKeys = ["memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments", "qemu",
                           "accelerator"]
@@ -289,6 +323,8 @@ private struct TableReader {
         if let target = vm.targetMiB, target > launch.memoryMiB {
             throw outOfRange("target_mib", "at most memory_mib (\(launch.memoryMiB))")
         }
+        if let maximum = vm.maxMiB, maximum > launch.memoryMiB { throw outOfRange("max_mib", "at most memory_mib (\(launch.memoryMiB))") }
+        if entry("min_mib") != nil, vm.minMiB > launch.memoryMiB { throw outOfRange("min_mib", "at most memory_mib (\(launch.memoryMiB))") }
         vm.launch = launch
         return vm
     }

@@ -1,4 +1,5 @@
 import BallonetLinux
+import BallonetPolicy
 import Foundation
 import Logging
 
@@ -20,6 +21,8 @@ public struct ControlResponse: Codable, Sendable {
     public var ok: Bool
     public var error: String?
     public var status: HostStatus?
+    /// `explain`: the policy's numbers behind the VM's target.
+    public var explanation: MemoryPolicy.Explanation?
 
     public init(ok: Bool, error: String? = nil, status: HostStatus? = nil) {
         self.ok = ok

@@ -1,4 +1,5 @@
 import BallonetLinux
+import BallonetPolicy
 import BallonetWire
 import Foundation
 import Logging
@@ -17,6 +18,10 @@ public final class HostEngine: @unchecked Sendable {
     private let wakeWriter: SharedDescriptor
     private var control: ControlServer?
     private var nextSampleMillis: UInt64 = 0
+    private var lastRoundMillis: UInt64?
+    private var lastDecision: MemoryPolicy.Decision?
+    /// VMs the inventory would not start (admission control), with why: status shows them.
+    private var refused: [(name: String, reason: String)] = []
 
 
     /// How often resident memory is read from smaps and the budget is shared out: once a second is
@@ -51,13 +56,17 @@ public final class HostEngine: @unchecked Sendable {
     /// Sets the VMs up, says READY to systemd, and runs until `requestStop`.
     public func run(onReady: () -> Void = {}) throws {
         let endpoints = try inventory.endpoints(logger: logger)
+        refused = inventory.refused
         for endpoint in endpoints {
             let configuration = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
-            vms.append(VMRuntime(configuration: configuration, endpoint: endpoint, steering: self.configuration.steering, logger: logger))
+            vms.append(VMRuntime(configuration: configuration, endpoint: endpoint, steering: self.configuration.steering,
+                                 estimator: self.configuration.policy.estimator, logger: logger))
         }
         control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
-        let budget = configuration.budgetMiB > 0 ? "budget \(configuration.budgetMiB) MiB" : "no budget"
-        logger.notice("ballonet-host \(BallonetVersion.software) running: \(vms.count) VMs, control socket \(configuration.effectiveControlSocket), \(budget)")
+        let budget = configuration.budgetMiB > 0 ? "budget \(configuration.budgetMiB) MiB for VMs"
+            : "no budget: host RAM less a \(configuration.reserveMiB) MiB reserve and \(configuration.vmOverheadMiB) MiB per VM"
+        let policy = configuration.policy
+        logger.notice("ballonet-host \(BallonetVersion.software) running: \(vms.count) VMs, control socket \(configuration.effectiveControlSocket), \(budget); idle tax \(MemoryPolicy.format(policy.idleTaxRate, 2)), trimming \(policy.trimming.enabled ? "on" : "off")")
         onReady()
         defer {
             for vm in vms { vm.close(reason: "ballonet-host is stopping") }
@@ -74,7 +83,7 @@ public final class HostEngine: @unchecked Sendable {
             if now >= nextSampleMillis {
                 nextSampleMillis = now + Self.sampleMillis
                 for vm in vms { vm.sampleHostFigures() }
-                shareBudget()
+                policyRound(nowMillis: now)
             }
             try waitAndHandle(timeoutMillis: Self.tickMillis)
         }
@@ -105,30 +114,90 @@ public final class HostEngine: @unchecked Sendable {
         }
     }
 
-    /// Sets every VM's target: a command's, the config's, or a share of the budget.
-    private func shareBudget() {
-        let demands = vms.map { vm in
-            BudgetSplit.Demand(name: vm.endpoint.name, memoryBytes: vm.account.memoryBytes, minBytes: vm.configuration.minMiB << 20,
-                               fixedTargetBytes: vm.commandedTargetBytes ?? vm.configuration.targetMiB.map { $0 << 20 },
-                               guestUsedBytes: vm.isEstablished ? vm.account.guestUsedBytes : nil)
+    /// How long a working-set estimate stays good without a new sample: three of the guest's periods, at
+    /// least 30 s. After that the VM counts as fully active (not trimmed) until samples come again.
+    static func estimateLifetimeMillis(samplePeriodMillis: UInt64) -> UInt64 { max(3 * samplePeriodMillis, 30_000) }
+
+    /// The memory for VMs, free memory and its total, from the budget or from the host's /proc/meminfo.
+    func hostMemory(participants: [VMRuntime]) -> (memoryForVMs: UInt64, free: Int64, total: UInt64)? {
+        if configuration.budgetMiB > 0 {
+            let budget = configuration.budgetMiB << 20
+            let held = participants.reduce(UInt64(0)) { $0 + ($1.account.backingFileBytes ?? $1.account.residentBytes) }
+            return (budget, Int64(budget) - Int64(min(held, UInt64(Int64.max))), budget)
         }
-        let budget = configuration.budgetMiB > 0 ? configuration.budgetMiB << 20 : nil
-        for (vm, target) in zip(vms, BudgetSplit.targets(demands, budgetBytes: budget)) where vm.account.memoryBytes > 0 {
-            let bytes = target.bytes & ~4095
-            let moved = bytes > vm.account.targetBytes ? bytes - vm.account.targetBytes : vm.account.targetBytes - bytes
-            // Log a decision when it moves by more than 8 MiB (or its reason changes), not every second.
-            if moved > 8 << 20 || target.reason != vm.account.targetReason {
-                vm.logger.info("target \(bytes >> 20) MiB: \(target.reason)")
+        guard let meminfo = try? ProcFiles.meminfo() else { return nil }
+        let reserved = (configuration.reserveMiB + configuration.vmOverheadMiB * UInt64(participants.count)) << 20
+        let memoryForVMs = meminfo.memTotal > reserved ? meminfo.memTotal - reserved : 0
+        return (memoryForVMs, Int64(min(meminfo.memAvailable, UInt64(Int64.max))), meminfo.memTotal)
+    }
+
+    /// One policy round: every attached VM's target, and the host's free-memory state.
+    private func policyRound(nowMillis: UInt64) {
+        let participants = vms.filter { $0.account.memoryBytes > 0 }
+        guard !participants.isEmpty, let host = hostMemory(participants: participants) else { return }
+        let inputs = participants.map { vm -> MemoryPolicy.VM in
+            let ram = vm.account.memoryBytes
+            let maxBytes = min(vm.configuration.maxMiB.map { $0 << 20 } ?? ram, ram)
+            let fresh = vm.lastSampleMillis.map {
+                nowMillis - $0 <= Self.estimateLifetimeMillis(samplePeriodMillis: UInt64(vm.account.guestSamplePeriodMillis ?? 10_000))
+            } ?? false
+            return MemoryPolicy.VM(name: vm.endpoint.name, shares: vm.configuration.effectiveShares(maxBytes: maxBytes),
+                                   minBytes: vm.configuration.minMiB << 20, maxBytes: maxBytes,
+                                   fixedTargetBytes: vm.commandedTargetBytes ?? vm.configuration.targetMiB.map { $0 << 20 },
+                                   workingSetBytes: fresh ? vm.estimator.estimateBytes : nil,
+                                   previousTargetBytes: vm.hasPolicyTarget ? vm.account.targetBytes : nil)
+        }
+        let previousState = lastDecision?.state ?? .high
+        let decision = MemoryPolicy.decide(
+            vms: inputs,
+            host: MemoryPolicy.Host(memoryForVMsBytes: host.memoryForVMs, freeBytes: host.free, totalBytes: host.total,
+                                    previousState: previousState, elapsedMillis: lastRoundMillis.map { nowMillis - $0 } ?? Self.sampleMillis),
+            parameters: configuration.policy)
+        lastRoundMillis = nowMillis
+        if decision.state != previousState {
+            let actions = decision.actions.names
+            logger.notice("host memory state \(previousState.rawValue) → \(decision.state.rawValue): free \(MemoryPolicy.format(decision.freePercent, 1)) % of \(host.total >> 20) MiB; \(actions.isEmpty ? "nothing is reclaimed beyond trimming" : "actions: " + actions.joined(separator: ", "))",
+                          metadata: ["state": "\(decision.state.rawValue)"])
+            if decision.actions.contains(.hypervisorSwap) {
+                logger.warning("state \(decision.state.rawValue) asks for hypervisor swapping and pausing, which this version does not do yet: only ballooning acts")
             }
-            vm.account.targetBytes = bytes
-            vm.account.targetReason = target.reason
         }
+        if let warning = decision.warning, warning != lastDecision?.warning { logger.warning("\(warning)") }
+        for (vm, made) in zip(participants, decision.vms) {
+            let old = vm.account.targetBytes
+            let moved = made.targetBytes > old ? made.targetBytes - old : old - made.targetBytes
+            // One line per decision that matters: a move of more than 8 MiB, or a different rule.
+            if !vm.hasPolicyTarget || moved > 8 << 20 || made.explanation.bound != vm.explanation?.bound {
+                vm.logger.info("\(made.explanation.summary)", metadata: ["bound": "\(made.explanation.bound.rawValue)"])
+            }
+            vm.account.targetBytes = made.targetBytes
+            vm.account.targetReason = made.explanation.summary
+            vm.account.shares = made.explanation.shares
+            vm.account.minBytes = made.explanation.minBytes
+            vm.account.maxBytes = made.explanation.maxBytes
+            vm.explanation = made.explanation
+            vm.hasPolicyTarget = true
+        }
+        lastDecision = decision
     }
 
     public func status() -> HostStatus {
-        HostStatus(version: BallonetVersion.software,
-                   budgetBytes: configuration.budgetMiB > 0 ? configuration.budgetMiB << 20 : nil,
-                   vms: vms.map(\.account))
+        var status = HostStatus(version: BallonetVersion.software,
+                                budgetBytes: configuration.budgetMiB > 0 ? configuration.budgetMiB << 20 : nil,
+                                vms: vms.map(\.account))
+        status.state = lastDecision?.state.rawValue
+        status.actions = lastDecision?.actions.names
+        status.freePercent = lastDecision?.freePercent
+        status.memoryForVMsBytes = lastDecision?.memoryForVMsBytes
+        status.capacityBytes = lastDecision?.capacityBytes
+        status.idleTaxRate = configuration.policy.idleTaxRate
+        status.warning = lastDecision?.warning
+        for vm in refused {
+            var account = VMAccount(name: vm.name)
+            account.state = "refused: \(vm.reason)"
+            status.vms.append(account)
+        }
+        return status
     }
 
     /// One control request.
@@ -136,13 +205,23 @@ public final class HostEngine: @unchecked Sendable {
         switch request.command {
         case "status":
             return ControlResponse(ok: true, status: status())
+        case "explain":
+            guard let name = request.vm, let vm = vms.first(where: { $0.endpoint.name == name }) else {
+                return ControlResponse(ok: false, error: "no VM named \(request.vm ?? "(none)"); VMs: \(vms.map(\.endpoint.name).joined(separator: ", "))")
+            }
+            guard let explanation = vm.explanation else {
+                return ControlResponse(ok: false, error: "VM \(name) has no target yet: \(vm.account.state)")
+            }
+            var response = ControlResponse(ok: true, status: status())
+            response.explanation = explanation
+            return response
         case "set-target":
             guard let name = request.vm, let vm = vms.first(where: { $0.endpoint.name == name }) else {
                 return ControlResponse(ok: false, error: "no VM named \(request.vm ?? "(none)"); VMs: \(vms.map(\.endpoint.name).joined(separator: ", "))")
             }
             guard let mib = request.mib else {
                 vm.commandedTargetBytes = nil
-                vm.logger.notice("target set by command cleared; back to the config and budget")
+                vm.logger.notice("target set by command cleared; back to the policy")
                 return ControlResponse(ok: true, status: status())
             }
             let memoryMiB = vm.account.memoryBytes >> 20
@@ -155,7 +234,7 @@ public final class HostEngine: @unchecked Sendable {
             vm.logger.notice("target set by command: \(mib) MiB")
             return ControlResponse(ok: true, status: status())
         default:
-            return ControlResponse(ok: false, error: "unknown command \(request.command); commands: status, set-target")
+            return ControlResponse(ok: false, error: "unknown command \(request.command); commands: status, explain, set-target")
         }
     }
 }

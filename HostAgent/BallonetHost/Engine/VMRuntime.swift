@@ -1,4 +1,5 @@
 import BallonetLinux
+import BallonetPolicy
 import BallonetWire
 import Logging
 
@@ -12,6 +13,13 @@ final class VMRuntime {
     var steering: BalloonSteering
     /// A target set by `ballonetctl set-target` (overrides the config's and the budget's).
     var commandedTargetBytes: UInt64?
+    /// The working-set estimate from the guest's samples (the host's own sampler joins it later).
+    var estimator: WorkingSetEstimator
+    /// When the last sample arrived (engine clock), to drop an estimate nobody refreshes.
+    var lastSampleMillis: UInt64?
+    /// The policy has decided a target for this VM (its previous target is `account.targetBytes`).
+    var hasPolicyTarget = false
+    var explanation: MemoryPolicy.Explanation?
 
     private(set) var map: GuestRAMMap?
     private(set) var reclaimer: GuestRAMReclaimer?
@@ -28,7 +36,9 @@ final class VMRuntime {
         init(_ descriptor: consuming FileDescriptor) { self.descriptor = descriptor }
     }
 
-    init(configuration: VMConfiguration, endpoint: VMEndpoint, steering: BalloonSteering.Settings, logger: Logger) {
+    init(configuration: VMConfiguration, endpoint: VMEndpoint, steering: BalloonSteering.Settings, estimator: EstimatorSettings,
+         logger: Logger) {
+        self.estimator = WorkingSetEstimator(settings: estimator)
         self.configuration = configuration
         self.endpoint = endpoint
         var logger = logger
@@ -232,6 +242,14 @@ final class VMRuntime {
                               metadata: ["session": "\(sessionID)"])
             case .statsReceived(let sample):
                 account.record(sample)
+                if let active = VMAccount.activeBytes(of: sample) {
+                    // The guest says what period the sample covers; bounded, since it is guest input.
+                    let period = min(max(UInt64(sample.periodMillis), GuestInputLimits.samplePeriodMillis.lowerBound),
+                                     GuestInputLimits.samplePeriodMillis.upperBound)
+                    estimator.observe(activeBytes: min(active, account.memoryBytes), elapsedMillis: period)
+                    lastSampleMillis = nowMillis
+                    account.workingSetEstimateBytes = estimator.estimateBytes
+                }
             case .refused(let why):
                 account.refusedMessages += 1
                 account.lastRefusal = why

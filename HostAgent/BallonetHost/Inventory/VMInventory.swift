@@ -1,4 +1,5 @@
 import BallonetLinux
+import BallonetPolicy
 import Foundation
 import Logging
 
@@ -25,6 +26,8 @@ public protocol VMInventory {
     func endpoints(logger: Logger) throws -> [VMEndpoint]
     /// The agent is exiting.
     func shutdown(logger: Logger)
+    /// VMs the source would not start, with the reason (admission control's refusal).
+    var refused: [(name: String, reason: String)] { get }
 }
 
 /// VMs from host.toml: QEMUs this agent starts (`[[vm]]` with kernel or disk) and running QEMUs it
@@ -35,6 +38,7 @@ public protocol VMInventory {
 public final class QEMUInventory: VMInventory {
     public let configuration: HostConfiguration
     private var started: [String] = []
+    public private(set) var refused: [(name: String, reason: String)] = []
 
     public init(configuration: HostConfiguration) { self.configuration = configuration }
 
@@ -43,9 +47,14 @@ public final class QEMUInventory: VMInventory {
     public func endpoints(logger: Logger) throws -> [VMEndpoint] {
         try FileSystem.makeDirectory(configuration.stateDirectory, permissions: 0o755, orExisting: true)
         var result: [VMEndpoint] = []
+        let meminfo = try? ProcFiles.meminfo()
+        var reservations = AdmissionLedger(configuration: configuration, meminfo: meminfo)
+        // VMs that run already (attached, or started by an earlier agent) hold their reservations first.
+        var toStart: [(VMConfiguration, VMConfiguration.Launch)] = []
         for vm in configuration.vms {
             guard let launch = vm.launch else {
                 result.append(VMEndpoint(name: vm.name, qmpSocket: vm.qmpSocket, portSocket: vm.portSocket, managed: false))
+                reservations.add(vm, memoryMiB: nil)
                 continue
             }
             let directory = directory(of: vm)
@@ -53,11 +62,25 @@ public final class QEMUInventory: VMInventory {
                                       managed: true)
             if let pid = runningProcessID(directory: directory), (try? QMPClient(path: endpoint.qmpSocket, timeout: .seconds(2))) != nil {
                 logger.notice("QEMU of \(vm.name) is already running (pid \(pid)); attaching to it", metadata: ["vm": "\(vm.name)"])
+                reservations.add(vm, memoryMiB: launch.memoryMiB)
+                result.append(endpoint)
             } else {
-                try start(vm, launch: launch, directory: directory, logger: logger)
-                started.append(vm.name)
+                toStart.append((vm, launch))
             }
-            result.append(endpoint)
+        }
+        for (vm, launch) in toStart {
+            let decision = reservations.decide(vm, memoryMiB: launch.memoryMiB)
+            guard decision.isAdmitted else {
+                logger.error("\(decision.message)", metadata: ["vm": "\(vm.name)"])
+                refused.append((vm.name, decision.message))
+                continue
+            }
+            logger.info("\(decision.message)", metadata: ["vm": "\(vm.name)"])
+            let directory = directory(of: vm)
+            try start(vm, launch: launch, directory: directory, logger: logger)
+            started.append(vm.name)
+            reservations.add(vm, memoryMiB: launch.memoryMiB)
+            result.append(VMEndpoint(name: vm.name, qmpSocket: directory + "/qmp.sock", portSocket: directory + "/ballonet.sock", managed: true))
         }
         return result
     }
@@ -150,5 +173,45 @@ public final class QEMUInventory: VMInventory {
             for _ in 0..<50 where ProcessControl.exists(pid) { MonotonicClock.sleep(for: .milliseconds(100)) }
             if ProcessControl.exists(pid) { try? ProcessControl.send(.kill, to: pid) }
         }
+    }
+}
+
+/// What admission control has handed out so far while the inventory starts VMs: min + overhead of memory,
+/// max − min of swap, per VM, against the host's memory (or the budget) and its swap.
+struct AdmissionLedger {
+    let configuration: HostConfiguration
+    let memoryBytes: UInt64
+    let swapTotalBytes: UInt64
+    var reservedBytes: UInt64 = 0
+    var reservedSwapBytes: UInt64 = 0
+
+    init(configuration: HostConfiguration, meminfo: Meminfo?) {
+        self.configuration = configuration
+        if configuration.budgetMiB > 0 {
+            memoryBytes = configuration.budgetMiB << 20
+        } else {
+            let total = meminfo?.memTotal ?? 0
+            memoryBytes = total > configuration.reserveMiB << 20 ? total - (configuration.reserveMiB << 20) : 0
+        }
+        swapTotalBytes = meminfo?.swapTotal ?? 0
+    }
+
+    /// `memoryMiB`: the VM's RAM; nil for an attached VM whose RAM is not known yet (its min is reserved).
+    func request(_ vm: VMConfiguration, memoryMiB: UInt64?) -> Admission.Request {
+        let maximum = min(vm.maxMiB ?? memoryMiB ?? vm.minMiB, memoryMiB ?? .max)
+        return Admission.Request(name: vm.name, minBytes: min(vm.minMiB, maximum) << 20, maxBytes: maximum << 20,
+                                 overheadBytes: configuration.vmOverheadMiB << 20)
+    }
+
+    func decide(_ vm: VMConfiguration, memoryMiB: UInt64) -> Admission.Decision {
+        Admission.decide(request(vm, memoryMiB: memoryMiB),
+                         host: Admission.Host(memoryBytes: memoryBytes, reservedBytes: reservedBytes, swapTotalBytes: swapTotalBytes,
+                                              reservedSwapBytes: reservedSwapBytes, requireSwap: configuration.requireSwap))
+    }
+
+    mutating func add(_ vm: VMConfiguration, memoryMiB: UInt64?) {
+        let request = request(vm, memoryMiB: memoryMiB)
+        reservedBytes += request.minBytes + request.overheadBytes
+        reservedSwapBytes += request.maxBytes - request.minBytes
     }
 }

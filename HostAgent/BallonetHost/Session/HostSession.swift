@@ -3,6 +3,10 @@ import BallonetWire
 /// The bounds the host puts on what one guest may send (safety invariant 6: a hostile guest can hurt
 /// only itself). Each is per VM.
 public enum GuestInputLimits {
+    /// The period a stats sample says it covers weighs it in the working-set estimate. A guest samples
+    /// every 1 s to 1 h (its own configuration's bounds); anything outside is taken as the nearest bound,
+    /// so a hostile period can neither freeze the estimate (0) nor make one sample erase its history.
+    public static let samplePeriodMillis: ClosedRange<UInt64> = 100...3_600_000
     /// Frames a guest may send per second on average. A guest inflating 4 GiB/s in 4 MiB batches sends
     /// about 1,000 reports a second, far past what any guest does (TCG guests here manage ~1 GiB/s), plus
     /// a sample every few seconds and pings; 2,000 leaves room, and a flood past it costs the host

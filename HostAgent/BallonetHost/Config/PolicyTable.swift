@@ -1,0 +1,69 @@
+import BallonetConfig
+import BallonetPolicy
+
+/// The `[policy]` table, shared by host.toml and the simulator's scenario files, so a policy tried in
+/// `ballonet-host simulate` is written the same way in the host's configuration.
+public enum PolicyTable {
+    public static let keys = [
+        "idle_tax", "trimming", "trim_buffer_percent", "trim_minimum_buffer_mib", "max_decrease_percent_per_second",
+        "max_increase_percent_per_second", "fast_half_life_seconds", "slow_half_life_seconds",
+        "high_percent", "soft_percent", "hard_percent", "low_percent", "hysteresis_percent",
+    ]
+
+    /// Half-lives up to an hour: beyond that an estimate no longer follows a working set at all.
+    static let halfLifeSeconds: ClosedRange<Double> = 0...3600
+
+    /// Reads `table` over `parameters`; unknown keys are the caller's to refuse (its list is `keys`).
+    public static func read(_ table: TOMLTable, path: String, into parameters: inout PolicyParameters) throws(ConfigurationError) {
+        func entry(_ key: String) -> TOMLEntry? { table.entries.first { $0.key == key } }
+        func number(_ key: String, in range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
+            guard let entry = entry(key) else { return nil }
+            let value: Double
+            switch entry.value {
+            case .integer(let integer): value = Double(integer)
+            case .float(let float): value = float
+            default:
+                throw ConfigurationError(path: path, line: entry.line, kind: .wrongType,
+                                         message: "\"\(key)\" in [\(table.name)] must be a number, found \(entry.value.typeDescription)")
+            }
+            guard range.contains(value) else {
+                throw ConfigurationError(path: path, line: entry.line, kind: .outOfRange,
+                                         message: "\"\(key)\" in [\(table.name)] must be between \(range.lowerBound) and \(range.upperBound)")
+            }
+            return value
+        }
+        if let value = try number("idle_tax", in: 0...PolicyParameters.maximumIdleTaxRate) { parameters.idleTaxRate = value }
+        if let entry = entry("trimming") {
+            guard case .boolean(let on) = entry.value else {
+                throw ConfigurationError(path: path, line: entry.line, kind: .wrongType,
+                                         message: "\"trimming\" in [\(table.name)] must be true or false, found \(entry.value.typeDescription)")
+            }
+            parameters.trimming.enabled = on
+        }
+        if let value = try number("trim_buffer_percent", in: 0...1000) { parameters.trimming.bufferPercent = value }
+        if let value = try number("trim_minimum_buffer_mib", in: 0...1_048_576) { parameters.trimming.minimumBufferBytes = UInt64(value) << 20 }
+        // 0 means no limit: a limit of nothing would freeze every target.
+        if let value = try number("max_decrease_percent_per_second", in: 0...100) {
+            parameters.changeLimit.maximumDecreasePercentPerSecond = value > 0 ? value : nil
+        }
+        if let value = try number("max_increase_percent_per_second", in: 0...100) {
+            parameters.changeLimit.maximumIncreasePercentPerSecond = value > 0 ? value : nil
+        }
+        if let value = try number("fast_half_life_seconds", in: halfLifeSeconds) { parameters.estimator.fastHalfLifeMillis = UInt64(value * 1000) }
+        if let value = try number("slow_half_life_seconds", in: halfLifeSeconds) { parameters.estimator.slowHalfLifeMillis = UInt64(value * 1000) }
+        if let value = try number("high_percent", in: 0...50) { parameters.thresholds.highPercent = value }
+        if let value = try number("soft_percent", in: 0...50) { parameters.thresholds.softPercent = value }
+        if let value = try number("hard_percent", in: 0...50) { parameters.thresholds.hardPercent = value }
+        if let value = try number("low_percent", in: 0...50) { parameters.thresholds.lowPercent = value }
+        if let value = try number("hysteresis_percent", in: 0...10) { parameters.thresholds.hysteresisPercent = value }
+        let t = parameters.thresholds
+        guard t.lowPercent < t.hardPercent, t.hardPercent < t.softPercent, t.softPercent < t.highPercent else {
+            throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
+                                     message: "[\(table.name)] thresholds must be ordered low_percent < hard_percent < soft_percent < high_percent (now \(t.lowPercent) / \(t.hardPercent) / \(t.softPercent) / \(t.highPercent))")
+        }
+        guard parameters.estimator.fastHalfLifeMillis <= parameters.estimator.slowHalfLifeMillis else {
+            throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
+                                     message: "[\(table.name)] fast_half_life_seconds must not be longer than slow_half_life_seconds")
+        }
+    }
+}
