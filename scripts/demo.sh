@@ -2,7 +2,9 @@
 # `make demo`: Ballonet at work on this machine. Installs what it needs, builds, boots three small TCG
 # guests under a ballonet-host whose memory budget is smaller than their sum, and shows every second what
 # the host decides and gets back: one guest idle, one busy (re-touching 200 MiB), one growing (from
-# nothing to 380 MiB at 4 MiB/s after 30 s). At the end: a summary. Everything it started is stopped.
+# nothing to 380 MiB at 4 MiB/s after 30 s), and a fourth VM too big for what is left, which admission
+# control refuses. At the end: a summary. Everything it started is stopped, including the swap file it
+# adds when the host has too little swap for admission control (1.3 GiB in /var/tmp).
 #
 #   DEMO_SECONDS=150   how long the scenario runs once the guests are up
 #   DEMO_BUDGET_MIB=1024  the host's budget for the three 512 MiB guests
@@ -28,6 +30,7 @@ image=$PWD/.build-guest/guest-image
 
 work=$(mktemp -d /tmp/ballonet-demo.XXXXXX)
 host_pid=""
+swapfile=""
 cleanup() {
     if [ -n "$host_pid" ] && kill -0 "$host_pid" 2>/dev/null; then
         kill -TERM "$host_pid"   # goodbye to the guests; stop_vms_on_exit stops their QEMUs
@@ -37,20 +40,31 @@ cleanup() {
     for pidfile in "$work"/state/*/qemu.pid; do
         [ -e "$pidfile" ] && kill -KILL "$(cat "$pidfile")" 2>/dev/null || true
     done
+    if [ -n "$swapfile" ]; then swapoff "$swapfile" 2>/dev/null || true; rm -f "$swapfile"; fi
     echo "host agent log kept in $work/host.log"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-vm() {  # name, workload (shell command run in the guest at boot)
+# Admission control wants host swap to cover each VM's max − min (3 × 416 MiB here): add a swap file for
+# the demo's length when the host has less.
+swap_kib=$(awk '/^SwapTotal:/ {print $2}' /proc/meminfo)
+if [ "${swap_kib:-0}" -lt $((1300 * 1024)) ]; then
+    swapfile=/var/tmp/ballonet-demo.swap
+    echo "== adding a 1.3 GiB swap file for the demo ($swapfile; removed at the end)"
+    rm -f "$swapfile"
+    fallocate -l 1300M "$swapfile" && chmod 600 "$swapfile" && mkswap -q "$swapfile" >/dev/null && swapon "$swapfile"
+fi
+
+vm() {  # name, workload (shell command run in the guest at boot), memory MiB, min MiB
     local run=""
     [ -n "$2" ] && run=" ballonet.run=\\\"$2\\\""
     cat <<TOML
 
 [[vm]]
 name = "$1"
-memory_mib = 512
-min_mib = 96
+memory_mib = ${3:-512}
+min_mib = ${4:-96}
 accelerator = "tcg"   # KVM cannot boot guests on this kind of machine
 kernel = "$image/vmlinuz"
 initrd = "$image/initramfs.cpio.gz"
@@ -67,6 +81,7 @@ TOML
     vm idle ""
     vm busy "ballonet-workload churn 200 100000"
     vm growing "sleep 30; ballonet-workload hold 380 4"
+    vm toobig "" 2048 1024
 } > "$work/host.toml"
 
 echo "== starting ballonet-host with three 512 MiB guests and a budget of $budget MiB (config: $work/host.toml)"
@@ -88,7 +103,7 @@ while true; do
     echo "ballonet demo: ${elapsed}s of ${seconds}s (idle: boots and rests; busy: re-touches 200 MiB; growing: from 30 s grows to 380 MiB)"
     echo "$table"
     echo "latest decisions:"
-    grep -E 'target [0-9]+ MiB:|under memory pressure|refused' "$work/host.log" | tail -n 4 | sed -E 's/^[^ ]+ [a-z]+ ballonet-host: //; s/\[BallonetHost\] //' || true
+    grep -E 'target [0-9]+ MiB:|under memory pressure|refused|host memory state' "$work/host.log" | tail -n 5 | sed -E 's/^[^ ]+ [a-z]+ ballonet-host: //; s/\[BallonetHost\] //' || true
     [ -t 1 ] || echo
     sleep 1
 done
@@ -96,5 +111,7 @@ done
 echo
 echo "== summary after ${seconds}s"
 "$bin/ballonetctl" status --socket "$work/state/control.sock"
-echo "decisions logged: $(grep -c 'target [0-9]* MiB:' "$work/host.log" || true) target changes, $(grep -c 'balloon target' "$work/host.log" || true) balloon requests,"\
+echo
+for vm in idle busy growing; do "$bin/ballonetctl" explain "$vm" --socket "$work/state/control.sock" | head -n 1; done
+echo "decisions logged: $(grep -c 'target [0-9]* MiB:' "$work/host.log" || true) target changes, $(grep -c 'host memory state' "$work/host.log" || true) state changes, $(grep -c 'balloon target' "$work/host.log" || true) balloon requests,"\
      "$(grep -c 'under memory pressure' "$work/host.log" || true) guest pressure releases, $(grep -c 'refused guest message' "$work/host.log" || true) refused guest messages"

@@ -180,7 +180,9 @@ public enum MemoryPolicy {
                     // Calm host: nothing is reclaimed for others; the VM keeps what it holds, within
                     // [its allocation, its demand] (trimming still applies, rises still happen).
                     wanted = min(demand, max(allocation, previous))
-                    if wanted != allocation { bound = wanted == demand ? .trimmed : .held }
+                    if wanted != allocation {
+                        bound = wanted == previous ? .held : wanted == demand ? (demand >= maximum ? .max : .trimmed) : .held
+                    }
                 }
                 goal = wanted
                 let limited = limit(from: previous, to: wanted, maxBytes: maximum, state: state, host: host,
@@ -214,7 +216,7 @@ public enum MemoryPolicy {
     static func limit(from previous: UInt64, to wanted: UInt64, maxBytes: UInt64, state: FreeMemoryState, host: Host,
                       changeLimit: ChangeLimit) -> UInt64 {
         let seconds = Double(host.elapsedMillis) / 1000
-        if wanted < previous, state <= .soft, let percent = changeLimit.maximumDecreasePercentPerSecond {
+        if wanted < previous, state == .high, let percent = changeLimit.maximumDecreasePercentPerSecond {
             let step = roundUpToPage(UInt64(min(Double(maxBytes) * percent / 100 * seconds, 1.8e19)))
             if previous - wanted > step { return previous - step }
         }

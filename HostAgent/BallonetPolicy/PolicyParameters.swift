@@ -61,12 +61,14 @@ public struct FreeMemoryThresholds: Equatable, Sendable {
 
 /// How fast a VM's target may fall, so a guest is not whipsawed by estimates that move.
 ///
-/// Falls are limited to `maximumDecreasePercentPerSecond` of the VM's max while the host is calm (high or
-/// soft): 5 %/s trims a 4 GiB VM by at most 200 MiB a second, ten times oVirt MoM's 5 % per 10 s, so a
-/// working set that halves is trimmed within 30 s as the estimator allows. Under real shortage (hard or
-/// low) no limit applies: the host needs the memory now, and the balloon's own pace and hypervisor swap
-/// carry the decision out. Rises are not limited by default: a guest that needs memory must get it at once
-/// (deflating never hurts a guest); `maximumIncreasePercentPerSecond` can limit them too.
+/// Falls are limited to `maximumDecreasePercentPerSecond` of the VM's max while the host is calm (the high
+/// state, where only trimming takes memory): 5 %/s trims a 4 GiB VM by at most 200 MiB a second, ten times
+/// oVirt MoM's 5 % per 10 s, so a working set that halves is trimmed within 30 s as the estimator allows.
+/// When the host is short (soft and below) targets are the allocation at once, so they never add up to
+/// more than the host has; the balloon's own pace (`inflate_step_mib`) and hypervisor swap carry them
+/// out, and the estimator's slow fall is what keeps a guest from being whipsawed. Rises are not limited
+/// by default: a guest that needs memory must get it at once (deflating never hurts a guest);
+/// `maximumIncreasePercentPerSecond` can limit them too.
 public struct ChangeLimit: Equatable, Sendable {
     public var maximumDecreasePercentPerSecond: Double? = 5
     public var maximumIncreasePercentPerSecond: Double? = nil

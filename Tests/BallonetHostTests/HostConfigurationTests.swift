@@ -280,11 +280,13 @@ import BallonetHost
             [[vm]]
             name = "a"
             kernel = "/k"
+            memory_mib = 1024
             min_mib = 600
 
             [[vm]]
             name = "b"
             disk = "/d"
+            memory_mib = 1024
             min_mib = 500
             """
         let error = try #require(Self.error(text))
@@ -396,6 +398,60 @@ import BallonetHost
         } catch {
             #expect(error.kind == .syntax)
             #expect(error.line == 2)
+        }
+    }
+
+    @Test func policyTableAndPerVMSharesAndMax() throws {
+        let configuration = try HostConfigurationTests.parse("""
+            [host]
+            reserve_mib = 2048
+            vm_overhead_mib = 96
+            require_swap = false
+
+            [policy]
+            idle_tax = 0
+            trimming = false
+            trim_buffer_percent = 30
+            max_decrease_percent_per_second = 0
+            slow_half_life_seconds = 12.5
+            soft_percent = 5
+
+            [[vm]]
+            name = "a"
+            kernel = "/k"
+            memory_mib = 2048
+            max_mib = 1536
+            shares = 500
+            """)
+        #expect(configuration.reserveMiB == 2048 && configuration.vmOverheadMiB == 96 && !configuration.requireSwap)
+        #expect(configuration.policy.idleTaxRate == 0)
+        #expect(!configuration.policy.trimming.enabled)
+        #expect(configuration.policy.trimming.bufferPercent == 30)
+        #expect(configuration.policy.changeLimit.maximumDecreasePercentPerSecond == nil)
+        #expect(configuration.policy.estimator.slowHalfLifeMillis == 12_500)
+        #expect(configuration.policy.thresholds.softPercent == 5)
+        #expect(configuration.vms[0].maxMiB == 1536 && configuration.vms[0].shares == 500)
+        #expect(configuration.vms[0].effectiveShares(maxBytes: 1536 << 20) == 500)
+        // Default shares: 10 per MiB of max.
+        #expect(VMConfiguration(name: "b").effectiveShares(maxBytes: 2048 << 20) == 20_480)
+    }
+
+    @Test func policyValuesAreChecked() throws {
+        let cases: [(String, String)] = [
+            ("[policy]\nidle_tax = 1.5\n", "idle_tax"),
+            ("[policy]\nidle_tax = \"high\"\n", "must be a number"),
+            ("[policy]\nsoft_percent = 7\n", "ordered"),
+            ("[policy]\nfast_half_life_seconds = 30\n", "fast_half_life_seconds"),
+            ("[policy]\nidle_taks = 0.5\n", "unknown key"),
+            ("[[vm]]\nname = \"a\"\nkernel = \"/k\"\nmemory_mib = 512\nmax_mib = 1024\n", "max_mib"),
+            ("[[vm]]\nname = \"a\"\nkernel = \"/k\"\nmax_mib = 256\nmin_mib = 300\n", "min_mib"),
+            ("[[vm]]\nname = \"a\"\nkernel = \"/k\"\nshares = 0\n", "shares"),
+        ]
+        for (text, expected) in cases {
+            let error = try #require(HostConfigurationTests.error(text), "\(text)")
+            let note = text + ": " + error.message
+            #expect(error.message.contains(expected), "\(note)")
+            #expect(error.line > 0, "\(note)")
         }
     }
 }

@@ -189,4 +189,36 @@ import Testing
         #expect(short.vms[1].targetBytes == 256 * mib)
         #expect(short.warning?.contains("1280 MiB") == true)
     }
+
+    @Test func aCalmHostTrimsButDoesNotReclaimForOthers() {
+        // Two 2 GiB VMs that have all their RAM; their share of a small M is 1 GiB each. Idle VM: working
+        // set 200 MiB; busy VM: 1900 MiB.
+        var vms = [
+            MemoryPolicy.VM(name: "idle", shares: 1000, minBytes: 128 * mib, maxBytes: 2 * gib, workingSetBytes: 200 * mib,
+                            previousTargetBytes: 2 * gib),
+            MemoryPolicy.VM(name: "busy", shares: 1000, minBytes: 128 * mib, maxBytes: 2 * gib, workingSetBytes: 1900 * mib,
+                            previousTargetBytes: 2 * gib),
+        ]
+        let total: UInt64 = 16 * gib
+        let calm = MemoryPolicy.Host(memoryForVMsBytes: 2 * gib + total * 6 / 100, freeBytes: Int64(total / 2), totalBytes: total)
+        let parameters = PolicyParameters()
+        let first = MemoryPolicy.decide(vms: vms, host: calm, parameters: parameters)
+        #expect(first.state == .high)
+        // The idle VM is trimmed toward 200 + 64 MiB, but no faster than 5 % of 2 GiB per second.
+        #expect(first.vms[0].targetBytes == 2 * gib - (2 * gib / 20 + 4095) / 4096 * 4096)
+        #expect(first.vms[0].explanation.bound == .changeLimit)
+        #expect(first.vms[0].explanation.goalBytes == 264 * mib)
+        // The busy VM keeps what it has: nothing is reclaimed for others on a calm host.
+        #expect(first.vms[1].targetBytes == 2 * gib)
+        #expect(first.vms[1].explanation.bound == .held)
+        // Short of memory (soft): both go to their allocations at once, which fit.
+        for index in vms.indices { vms[index].previousTargetBytes = first.vms[index].targetBytes }
+        var short = calm
+        short.freeBytes = Int64(total * 3 / 100)
+        let second = MemoryPolicy.decide(vms: vms, host: short, parameters: parameters)
+        #expect(second.state == .soft)
+        #expect(second.vms[0].targetBytes == 264 * mib)
+        #expect(second.vms[0].targetBytes + second.vms[1].targetBytes <= second.capacityBytes)
+        #expect(second.vms[1].explanation.bound == .share)
+    }
 }
