@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "ballonet-bench-wire", targets: ["ballonet-bench-wire"]),
         .executable(name: "ballonet-bench-guest", targets: ["ballonet-bench-guest"]),
         .executable(name: "ballonet-bench-inflate", targets: ["ballonet-bench-inflate"]),
+        .executable(name: "ballonet-bench-policy", targets: ["ballonet-bench-policy"]),
         .library(name: "BallonetWire", targets: ["BallonetWire"]),
         .library(name: "BallonetLinux", targets: ["BallonetLinux"]),
         .library(name: "BallonetPolicy", targets: ["BallonetPolicy"]),
@@ -50,7 +51,8 @@ let package = Package(
 
         // The policy: shares, idle memory tax, working-set estimates, free-memory states, admission. Pure
         // values in, decisions out; no dependencies, no clock, no syscalls (the simulator runs it too).
-        .target(name: "BallonetPolicy", path: "HostAgent/BallonetPolicy"),
+        // Rounding compiles to libm calls, which a binary linking no Foundation or Glibc would lack.
+        .target(name: "BallonetPolicy", path: "HostAgent/BallonetPolicy", linkerSettings: [.linkedLibrary("m")]),
 
         .target(
             name: "BallonetHost",
@@ -75,6 +77,9 @@ let package = Package(
         // `make bench-inflate`: Ballonet (guest and host agents) against virtio-balloon, in one TCG guest.
         .executableTarget(name: "ballonet-bench-inflate", dependencies: ["BallonetHost", "BallonetWire", "BallonetTestSupport"],
                           path: "Benchmarks/InflateBench"),
+
+        // `make bench-policy`: one policy round for 10 to 10,000 VMs.
+        .executableTarget(name: "ballonet-bench-policy", dependencies: ["BallonetPolicy"], path: "Benchmarks/PolicyBench"),
 
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",

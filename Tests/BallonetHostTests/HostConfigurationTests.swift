@@ -1,6 +1,6 @@
 import Testing
 import BallonetConfig
-import BallonetHost
+@testable import BallonetHost
 
 @Suite struct HostConfigurationTests {
     static let fullFile = """
@@ -272,10 +272,11 @@ import BallonetHost
         #expect(equal.vms[0].targetMiB == 1024)
     }
 
-    @Test func budgetBelowTheMinimums() throws {
+    @Test func budgetBelowTheMinimumsIsAdmissionControlsToRefuse() throws {
         let text = """
             [host]
             budget_mib = 1000
+            require_swap = false
 
             [[vm]]
             name = "a"
@@ -289,13 +290,22 @@ import BallonetHost
             memory_mib = 1024
             min_mib = 500
             """
-        let error = try #require(Self.error(text))
-        #expect(error.kind == .outOfRange)
-        #expect(error.message.contains("budget_mib 1000"))
-        #expect(error.message.contains("1100"))
-        // A budget that covers them, or no budget at all, is fine.
-        #expect(throws: Never.self) { try Self.parse(text.replacingAll("budget_mib = 1000", with: "budget_mib = 1100")) }
-        #expect(throws: Never.self) { try Self.parse(text.replacingAll("budget_mib = 1000", with: "budget_mib = 0")) }
+        // The file is fine; the second VM does not fit next to the first (600 + 64 of 1000 MiB taken).
+        let configuration = try Self.parse(text)
+        var ledger = AdmissionLedger(configuration: configuration, meminfo: nil)
+        let first = ledger.decide(configuration.vms[0], memoryMiB: 1024)
+        #expect(first.isAdmitted, "\(first.message)")
+        ledger.add(configuration.vms[0], memoryMiB: 1024)
+        let second = ledger.decide(configuration.vms[1], memoryMiB: 1024)
+        #expect(!second.isAdmitted)
+        #expect(second.message.contains("VM b cannot start"))
+        #expect(second.message.contains("short by 228 MiB"), "\(second.message)")
+        // With swap required and none on the host, even the first is refused, and the message says so.
+        var strict = configuration
+        strict.requireSwap = true
+        let noSwap = AdmissionLedger(configuration: strict, meminfo: nil).decide(strict.vms[0], memoryMiB: 1024)
+        #expect(!noSwap.isAdmitted)
+        #expect(noSwap.message.contains("max − min = 424 MiB"), "\(noSwap.message)")
     }
 
     @Test func valuesOutOfRangeOrOfTheWrongType() throws {

@@ -201,20 +201,14 @@ extension HostConfiguration {
         return configuration
     }
 
-    /// Checks what no single key can: socket path lengths, a budget that covers the VMs' minimums.
+    /// Checks what no single key can: socket path lengths. (Whether the VMs' mins fit is admission
+    /// control's question, asked per VM as the agent starts it: `AdmissionLedger`.)
     public func validate(path: String) throws(ConfigurationError) {
         for vm in vms where vm.launch != nil {
             let socket = stateDirectory + "/" + vm.name + "/qmp.sock"
             guard socket.utf8.count <= HostConfigurationLimits.maximumSocketPathBytes else {
                 throw ConfigurationError(path: path, line: 0, kind: .outOfRange,
                                          message: "state_directory \(stateDirectory) is too long for VM \(vm.name)'s sockets (\(socket.utf8.count) > 107 bytes)")
-            }
-        }
-        if budgetMiB > 0 {
-            let minimums = vms.reduce(0) { $0 + $1.minMiB }
-            guard minimums <= budgetMiB else {
-                throw ConfigurationError(path: path, line: 0, kind: .outOfRange,
-                                         message: "budget_mib \(budgetMiB) is below the VMs' min_mib together (\(minimums) MiB)")
             }
         }
     }
