@@ -12,7 +12,7 @@ FUZZ_CORPUS := Fuzz/corpus/decoder
 CHECK_FUZZ_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 
-.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy demo clean
+.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy simulate demo clean
 
 ## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
 ## The test runner's summary is the last thing it prints.
@@ -70,6 +70,13 @@ bench-inflate: deps
 	$(SWIFT) build --product ballonet-bench-inflate
 	@mkdir -p docs/benchmarks
 	$$($(SWIFT) build --show-bin-path)/ballonet-bench-inflate | tee docs/benchmarks/inflate.md
+
+## simulate: runs the policy simulator over every scenario in scenarios/ and writes its CSV and SVG plot to
+## docs/policy/ (the SVGs are what docs/POLICY.md shows).
+simulate:
+	$(SWIFT) build --product ballonet-host
+	@mkdir -p docs/policy
+	@for scenario in scenarios/*.toml; do $$($(SWIFT) build --show-bin-path)/ballonet-host simulate $$scenario --output docs/policy || exit 1; echo; done
 
 ## bench-policy: the time of one policy round for 10 to 10,000 VMs (goal: under 10 ms for 10,000);
 ## keeps its report in docs/benchmarks/policy.md.

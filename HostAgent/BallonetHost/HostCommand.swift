@@ -25,7 +25,7 @@ public struct HostCommand: AsyncParsableCommand {
             Control: ballonetctl, over /run/ballonet/control.sock
             """,
         version: BallonetVersion.software,
-        subcommands: [Run.self]
+        subcommands: [Run.self, SimulateCommand.self]
     )
 
     public init() {}
@@ -263,6 +263,7 @@ public enum ExplanationText {
             "  min / max     \(mib(e.minBytes)) / \(mib(e.maxBytes))",
             "  shares S      \(e.shares)",
             "  working set   \(mib(e.workingSetBytes))",
+            "  unreclaimable \(mib(e.unreclaimableBytes))   (what its guest uses and cannot page out: trimming's floor)",
             "  active f      \(MemoryPolicy.format(e.activeFraction, 3))",
             "  ρ             \(MemoryPolicy.format(e.sharesPerMiB, 3)) shares per MiB",
             "  idle tax τ    \(MemoryPolicy.format(e.idleTaxRate, 2))  (k = \(MemoryPolicy.format(e.idleCost, 2)): an idle page costs k active ones)",

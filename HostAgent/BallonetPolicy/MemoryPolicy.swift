@@ -16,9 +16,15 @@ public enum MemoryPolicy {
         public var workingSetBytes: UInt64?
         /// Its target after the last round; nil for a VM new in this round (which starts with all its RAM).
         public var previousTargetBytes: UInt64?
+        /// What ballooning cannot take from it: memory its guest uses and could not page out (anonymous
+        /// and kernel memory without guest swap). Trimming never goes below it: proactive reclaim takes
+        /// free memory and cache, it does not force a guest to thrash. Memory that is short still may
+        /// (the soft state and below), where hypervisor swap stands behind the balloon.
+        public var unreclaimableBytes: UInt64?
 
         public init(name: String, shares: UInt64, minBytes: UInt64, maxBytes: UInt64, fixedTargetBytes: UInt64? = nil,
-                    workingSetBytes: UInt64? = nil, previousTargetBytes: UInt64? = nil) {
+                    workingSetBytes: UInt64? = nil, previousTargetBytes: UInt64? = nil, unreclaimableBytes: UInt64? = nil) {
+            self.unreclaimableBytes = unreclaimableBytes
             self.name = name
             self.shares = shares
             self.minBytes = minBytes
@@ -32,8 +38,9 @@ public enum MemoryPolicy {
     /// What the policy knows of the host.
     public struct Host: Equatable, Sendable {
         /// M: memory for all VMs together (host RAM less its reserve and per-VM overheads, or a budget).
-        /// Targets add up to M less the free memory the high threshold keeps (`highPercent` of
-        /// `totalBytes`): VMs at their targets leave the host in the high state, not hovering at the edge.
+        /// Targets add up to M less the free memory the high threshold and its hysteresis keep
+        /// ((`highPercent` + `hysteresisPercent`) of `totalBytes`): VMs at their targets leave the host
+        /// in the high state, and a host that fell to soft climbs back to high once they are there.
         public var memoryForVMsBytes: UInt64
         /// Free memory now (negative when VMs hold more than a budget gives them) and what it is a share of;
         /// these decide the state.
@@ -77,6 +84,8 @@ public enum MemoryPolicy {
         public var minBytes: UInt64
         public var maxBytes: UInt64
         public var workingSetBytes: UInt64?
+        /// What its guest cannot give back by ballooning (trimming's floor), if known.
+        public var unreclaimableBytes: UInt64?
         /// What trimming says it needs (working set + buffer, within [min, max]); max when not trimming.
         public var demandBytes: UInt64
         /// Its share of M: the allocation ρ-balancing gives it (within [min, demand]).
@@ -123,8 +132,8 @@ public enum MemoryPolicy {
         let state = FreeMemoryState.next(after: host.previousState, freeBytes: host.freeBytes, totalBytes: host.totalBytes,
                                          thresholds: parameters.thresholds)
         let k = parameters.idleCost
-        // The free memory of the high threshold stays free; fixed targets come off the top.
-        let keptFree = UInt64(min(max(Double(host.totalBytes) * parameters.thresholds.highPercent / 100, 0), 1.8e19))
+        // The free memory of the high threshold (and its hysteresis) stays free; fixed targets come off the top.
+        let keptFree = keptFreeBytes(totalBytes: host.totalBytes, thresholds: parameters.thresholds)
         var capacity = host.memoryForVMsBytes > keptFree ? host.memoryForVMsBytes - keptFree : 0
         var fixedTotal: UInt64 = 0
         for vm in vms {
@@ -142,7 +151,8 @@ public enum MemoryPolicy {
             let minimum = min(vm.minBytes, maximum) & ~(page - 1)
             var demand = maximum
             if parameters.trimming.enabled, let estimate = vm.workingSetBytes {
-                demand = min(max(parameters.trimming.demand(forEstimate: estimate), minimum), maximum)
+                let floor = max(minimum, vm.unreclaimableBytes ?? 0)
+                demand = min(max(parameters.trimming.demand(forEstimate: estimate), floor), maximum)
                 demand = min(roundUpToPage(demand), maximum)
             }
             demands.append(demand)
@@ -172,8 +182,7 @@ public enum MemoryPolicy {
                 bound = .fixed
             } else {
                 allocation = UInt64(pages[claimIndex[index]!]) * page
-                bound = allocation <= minimum ? .min
-                    : allocation >= demand ? (demand >= maximum ? .max : .trimmed) : .share
+                bound = allocation >= demand ? (demand >= maximum ? .max : .trimmed) : allocation <= minimum ? .min : .share
                 let previous = vm.previousTargetBytes ?? maximum
                 var wanted = allocation
                 if state == .high && allocation < demand {
@@ -196,6 +205,7 @@ public enum MemoryPolicy {
                                                     active: Double(activeBytes / page), idleCost: k) * 256
             var explanation = Explanation(
                 shares: vm.shares, minBytes: minimum, maxBytes: maximum, workingSetBytes: vm.workingSetBytes,
+                unreclaimableBytes: vm.unreclaimableBytes,
                 demandBytes: demand, allocationBytes: allocation, goalBytes: goal, targetBytes: target,
                 previousTargetBytes: vm.previousTargetBytes, activeFraction: fraction, sharesPerMiB: rho,
                 idleTaxRate: parameters.idleTaxRate, idleCost: k, state: state, bound: bound, summary: "")
@@ -210,6 +220,18 @@ public enum MemoryPolicy {
         let freePercent = host.totalBytes > 0 ? Double(host.freeBytes) / Double(host.totalBytes) * 100 : 0
         return Decision(state: state, actions: state.actions, freePercent: freePercent, memoryForVMsBytes: host.memoryForVMsBytes,
                         capacityBytes: capacity, vms: decisions, warning: warning)
+    }
+
+    /// The free memory targets leave: (high + hysteresis) % of `totalBytes`.
+    public static func keptFreeBytes(totalBytes: UInt64, thresholds: FreeMemoryThresholds) -> UInt64 {
+        let percent = thresholds.highPercent + thresholds.hysteresisPercent
+        return UInt64(min(max(Double(totalBytes) * percent / 100, 0), 1.8e19))
+    }
+
+    /// What targets may add up to before fixed targets: M less the kept free memory, whole pages.
+    public static func capacityBytes(memoryForVMsBytes: UInt64, totalBytes: UInt64, thresholds: FreeMemoryThresholds) -> UInt64 {
+        let kept = keptFreeBytes(totalBytes: totalBytes, thresholds: thresholds)
+        return (memoryForVMsBytes > kept ? memoryForVMsBytes - kept : 0) & ~(page - 1)
     }
 
     /// `wanted`, or as far toward it from `previous` as the change limit allows in `elapsedMillis`.
@@ -235,7 +257,7 @@ public enum MemoryPolicy {
         case .fixed: "fixed target set by the operator"
         case .min: "held at its min \(mib(e.minBytes)): memory is short and its ρ is the lowest"
         case .max: "all it may hold (max \(mib(e.maxBytes))): memory for VMs (\(mib(memoryForVMs))) is enough"
-        case .trimmed: "trimmed to its \(estimate) plus buffer = \(mib(e.demandBytes))"
+        case .trimmed: "trimmed to \(mib(e.demandBytes)): its \(estimate) plus buffer, not below its min or what its guest cannot give back"
         case .share: "its share of \(mib(memoryForVMs)) for VMs: reclaimed down to where its ρ equals the others'"
         case .held: "host calm (high state): kept where it was, between its share \(mib(e.allocationBytes)) and its demand \(mib(e.demandBytes))"
         case .changeLimit: "moving from \(e.previousTargetBytes.map(mib) ?? "-") toward \(mib(e.goalBytes)) at the change limit"

@@ -5,6 +5,8 @@
 /// The memory model, per step:
 /// - A VM above its target gives memory back at `balloonBytesPerSecond` (the host's inflate pace); in the
 ///   hard and low states hypervisor swap adds `swapBytesPerSecond`.
+/// - In hard and low, hypervisor swap can hold a VM below its working set, and keeps holding it there
+///   until its target covers its working set (a cgroup limit stays until it is raised).
 /// - A VM below its target grows toward what it would hold unconstrained (`fills`, by default all its
 ///   RAM: a guest fills free memory with page cache) at `growBytesPerSecond`; it takes its working set at
 ///   once, target or not (the guest agent deflates under pressure).
@@ -14,6 +16,7 @@ public struct PolicySimulation: Sendable {
     /// A value over time: each point holds from its time until the next (a step function).
     public struct Curve: Equatable, Sendable {
         public var points: [(millis: UInt64, bytes: UInt64)]
+        /// `points` in any order (they are sorted by time; the scenario parser refuses files out of order).
         public init(_ points: [(millis: UInt64, bytes: UInt64)]) { self.points = points.sorted { $0.millis < $1.millis } }
         public init(constant bytes: UInt64) { points = [(0, bytes)] }
 
@@ -122,6 +125,9 @@ public struct PolicySimulation: Sendable {
         var resident = [UInt64](repeating: 0, count: scenario.vms.count)
         var targets = [UInt64?](repeating: nil, count: scenario.vms.count)
         var lastSample = [UInt64?](repeating: nil, count: scenario.vms.count)
+        // VMs hypervisor swap holds below their working set: the limit stays (as a cgroup limit would)
+        // until their target covers their working set again.
+        var swapLimited = [Bool](repeating: false, count: scenario.vms.count)
         var state = FreeMemoryState.high
         var rows: [Row] = []
         let step = max(scenario.stepMillis, 1)
@@ -139,6 +145,7 @@ public struct PolicySimulation: Sendable {
             let running = scenario.vms.map { vm in vm.startMillis <= now && vm.stopMillis.map { now < $0 } ?? true }
             for index in scenario.vms.indices where !running[index] {
                 resident[index] = 0
+                swapLimited[index] = false
                 targets[index] = nil
                 estimators[index] = WorkingSetEstimator(settings: parameters.estimator)
                 lastSample[index] = nil
@@ -196,8 +203,12 @@ public struct PolicySimulation: Sendable {
                     if held < goal { held += min(goal - held, UInt64(Double(scenario.growBytesPerSecond) * seconds)) }
                 }
                 // A guest touching its working set takes it whatever the target: ballonet-guest releases
-                // balloon pages at once under pressure (safety invariant 5).
-                resident[index] = max(held, workingSet)
+                // balloon pages at once under pressure (safety invariant 5). Once the hard or low state
+                // had hypervisor swap hold it at its target, it stays held there (it thrashes, as under
+                // ESX) until its target covers its working set.
+                if state >= .hard && target < workingSet { swapLimited[index] = true }
+                if target >= workingSet { swapLimited[index] = false }
+                resident[index] = swapLimited[index] ? max(held, min(workingSet, target)) : max(held, workingSet)
             }
             now += step
         }

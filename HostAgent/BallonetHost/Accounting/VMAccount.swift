@@ -28,6 +28,9 @@ public struct VMAccount: Codable, Equatable, Sendable {
     /// From the guest's last stats sample.
     public var guestUsedBytes: UInt64?
     public var guestAvailableBytes: UInt64?
+    /// What the guest uses and could not page out (used less what fits in its free swap): what
+    /// ballooning cannot take, so trimming stops there.
+    public var guestUnreclaimableBytes: UInt64?
     public var guestWorkingSetBytes: UInt64?
     /// The policy's working-set estimate (`WorkingSetEstimator` over the guest's samples).
     public var workingSetEstimateBytes: UInt64?
@@ -68,6 +71,8 @@ public struct VMAccount: Codable, Equatable, Sendable {
             let used = !overflow && total > kept ? total - kept : 0
             guestUsedBytes = Self.bytes(ofPages: used)
             guestAvailableBytes = Self.bytes(ofPages: available)
+            let swappable = min(sample[.swapFree] ?? 0, sample[.anonPages] ?? 0)
+            guestUnreclaimableBytes = Self.bytes(ofPages: used > swappable ? used - swappable : 0)
         }
         if let workingSet = sample[.workingSetPages] { guestWorkingSetBytes = Self.bytes(ofPages: workingSet) }
     }

@@ -133,6 +133,10 @@ extension HostConfiguration {
             bytes = try FileSystem.readFile(filePath, maxBytes: HostConfigurationLimits.maximumFileBytes + 1)
         } catch {
             if error.errno == .ENOENT && path == nil { return HostConfiguration() }
+            if error.errno == .EFBIG {
+                throw ConfigurationError(path: filePath, line: 0, kind: .tooLarge,
+                                         message: "larger than \(HostConfigurationLimits.maximumFileBytes) bytes; is this the right file?")
+            }
             throw ConfigurationError(path: filePath, line: 0, kind: error.errno == .ENOENT ? .missingFile : .unreadable,
                                      message: "cannot read: \(error)")
         }

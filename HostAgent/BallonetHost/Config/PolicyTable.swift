@@ -41,7 +41,7 @@ public enum PolicyTable {
             parameters.trimming.enabled = on
         }
         if let value = try number("trim_buffer_percent", in: 0...1000) { parameters.trimming.bufferPercent = value }
-        if let value = try number("trim_minimum_buffer_mib", in: 0...1_048_576) { parameters.trimming.minimumBufferBytes = UInt64(value) << 20 }
+        if let value = try number("trim_minimum_buffer_mib", in: 0...1_048_576) { parameters.trimming.minimumBufferBytes = UInt64(value * 1_048_576) & ~4095 }
         // 0 means no limit: a limit of nothing would freeze every target.
         if let value = try number("max_decrease_percent_per_second", in: 0...100) {
             parameters.changeLimit.maximumDecreasePercentPerSecond = value > 0 ? value : nil

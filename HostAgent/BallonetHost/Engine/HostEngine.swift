@@ -145,7 +145,8 @@ public final class HostEngine: @unchecked Sendable {
                                    minBytes: vm.configuration.minMiB << 20, maxBytes: maxBytes,
                                    fixedTargetBytes: vm.commandedTargetBytes ?? vm.configuration.targetMiB.map { $0 << 20 },
                                    workingSetBytes: fresh ? vm.estimator.estimateBytes : nil,
-                                   previousTargetBytes: vm.hasPolicyTarget ? vm.account.targetBytes : nil)
+                                   previousTargetBytes: vm.hasPolicyTarget ? vm.account.targetBytes : nil,
+                                   unreclaimableBytes: fresh ? vm.account.guestUnreclaimableBytes : nil)
         }
         let previousState = lastDecision?.state ?? .high
         let decision = MemoryPolicy.decide(
