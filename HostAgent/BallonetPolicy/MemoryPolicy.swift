@@ -102,8 +102,12 @@ public enum MemoryPolicy {
         public var idleCost: Double
         public var state: FreeMemoryState
         public var bound: Bound
-        /// One sentence an operator reads.
-        public var summary: String
+        /// M, for the sentence.
+        public var memoryForVMsBytes: UInt64
+
+        /// One sentence an operator reads: built when asked, not in every round (a round for 10,000 VMs
+        /// must stay within milliseconds, and formatting is most of a VM's cost).
+        public var summary: String { MemoryPolicy.summary(self, memoryForVMs: memoryForVMsBytes) }
     }
 
     public struct VMDecision: Equatable, Sendable {
@@ -203,13 +207,13 @@ public enum MemoryPolicy {
             let fraction = target > 0 ? Double(activeBytes) / Double(target) : 1
             let rho = ShareAllocation.sharesPerPage(shares: Double(vm.shares), pages: Double(target / page),
                                                     active: Double(activeBytes / page), idleCost: k) * 256
-            var explanation = Explanation(
+            let explanation = Explanation(
                 shares: vm.shares, minBytes: minimum, maxBytes: maximum, workingSetBytes: vm.workingSetBytes,
                 unreclaimableBytes: vm.unreclaimableBytes,
                 demandBytes: demand, allocationBytes: allocation, goalBytes: goal, targetBytes: target,
                 previousTargetBytes: vm.previousTargetBytes, activeFraction: fraction, sharesPerMiB: rho,
-                idleTaxRate: parameters.idleTaxRate, idleCost: k, state: state, bound: bound, summary: "")
-            explanation.summary = summary(explanation, memoryForVMs: host.memoryForVMsBytes)
+                idleTaxRate: parameters.idleTaxRate, idleCost: k, state: state, bound: bound,
+                memoryForVMsBytes: host.memoryForVMsBytes)
             decisions.append(VMDecision(name: vm.name, targetBytes: target, explanation: explanation))
         }
         let needed = saturatingAdd(minimumsTotal, fixedTotal)

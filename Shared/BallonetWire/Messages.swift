@@ -244,6 +244,9 @@ public struct StatKey: RawRepresentable, Hashable, Sendable, Comparable {
     public static let inactiveFile = StatKey(rawValue: 14)
     // The balloon, in pages
     public static let balloonPages = StatKey(rawValue: 32)
+    /// The free memory the guest agent keeps (its floor and one batch): the balloon stops growing when
+    /// MemAvailable reaches it, so the host knows how far the balloon can still go.
+    public static let keptFreePages = StatKey(rawValue: 33)
     // /proc/vmstat counters, cumulative since guest boot
     public static let pgfault = StatKey(rawValue: 64)
     public static let pgmajfault = StatKey(rawValue: 65)

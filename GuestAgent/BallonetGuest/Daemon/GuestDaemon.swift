@@ -392,7 +392,7 @@ public final class GuestDaemon {
         let assessment = pressure.assess(psiSomeAvg10: psi?.some?.avg10, availablePages: availablePages, nowMillis: now)
         if assessment.underPressure && !lastAssessment.underPressure {
             logger.warning("memory pressure: \(assessment.reason ?? "")")
-            send(.statsSample(sampler.sample(balloonPages: ledger.pinnedPages, nowMillis: now)))
+            send(.statsSample(sampler.sample(balloonPages: ledger.pinnedPages, keptFreePages: settings.limits.floorPages + settings.limits.batchPages, nowMillis: now)))
         } else if !assessment.underPressure && lastAssessment.underPressure {
             logger.notice("memory pressure over; inflation held back for \(settings.pressure.backoffMillis / 1000) s")
         }
@@ -402,7 +402,7 @@ public final class GuestDaemon {
     func sendSample(now: UInt64) {
         nextSampleMillis = now + settings.samplePeriodMillis
         guard session.hostSession != nil else { return }
-        send(.statsSample(sampler.sample(balloonPages: ledger.pinnedPages, nowMillis: now)))
+        send(.statsSample(sampler.sample(balloonPages: ledger.pinnedPages, keptFreePages: settings.limits.floorPages + settings.limits.batchPages, nowMillis: now)))
     }
 
     // MARK: Shutdown

@@ -70,7 +70,7 @@ public struct GuestSampler: Sendable {
     }
 
     /// One sample. `nowMillis` is the guest's monotonic clock; `balloonPages` the balloon's size now.
-    public mutating func sample(balloonPages: UInt64, nowMillis: UInt64) -> StatsSample {
+    public mutating func sample(balloonPages: UInt64, keptFreePages: UInt64? = nil, nowMillis: UInt64) -> StatsSample {
         problems = []
         let paths = self.paths
         let meminfo = read("meminfo") { try ProcFiles.meminfo(path: paths.meminfo) }
@@ -95,7 +95,7 @@ public struct GuestSampler: Sendable {
         return StatsSample(
             sequence: sequence, guestMillis: nowMillis, periodMillis: periodMillis,
             entries: GuestSampler.entries(meminfo: meminfo, vmstat: vmstat, pressure: pressure,
-                                          balloonPages: balloonPages, workingSet: workingSet))
+                                          balloonPages: balloonPages, keptFreePages: keptFreePages, workingSet: workingSet))
     }
 
     /// Ages every lruvec, then reads the generations and counts the young ones. Aging uses the
@@ -141,7 +141,7 @@ public struct GuestSampler: Sendable {
     /// The sample's figures from what was read: pure. Absent sources leave their keys out. Sorted by key,
     /// each key once.
     public static func entries(meminfo: Meminfo?, vmstat: VMStat?, pressure: PressureStall?, balloonPages: UInt64,
-                               workingSet: WorkingSetEstimate?) -> [StatEntry] {
+                               keptFreePages: UInt64? = nil, workingSet: WorkingSetEstimate?) -> [StatEntry] {
         var entries: [StatEntry] = []
         if let meminfo {
             let page = GuestConfiguration.pageBytes
@@ -163,6 +163,7 @@ public struct GuestSampler: Sendable {
             ]
         }
         entries.append(StatEntry(.balloonPages, balloonPages))
+        if let keptFreePages { entries.append(StatEntry(.keptFreePages, keptFreePages)) }
         if let vmstat {
             let counters: [(StatKey, UInt64?)] = [
                 (.pgfault, vmstat.pgfault),

@@ -28,8 +28,8 @@ public struct VMAccount: Codable, Equatable, Sendable {
     /// From the guest's last stats sample.
     public var guestUsedBytes: UInt64?
     public var guestAvailableBytes: UInt64?
-    /// What the guest uses and could not page out (used less what fits in its free swap): what
-    /// ballooning cannot take, so trimming stops there.
+    /// What ballooning cannot take from the guest (`unreclaimableBytes(sample:memoryBytes:)`): trimming
+    /// stops there.
     public var guestUnreclaimableBytes: UInt64?
     public var guestWorkingSetBytes: UInt64?
     /// The policy's working-set estimate (`WorkingSetEstimator` over the guest's samples).
@@ -71,8 +71,7 @@ public struct VMAccount: Codable, Equatable, Sendable {
             let used = !overflow && total > kept ? total - kept : 0
             guestUsedBytes = Self.bytes(ofPages: used)
             guestAvailableBytes = Self.bytes(ofPages: available)
-            let swappable = min(sample[.swapFree] ?? 0, sample[.anonPages] ?? 0)
-            guestUnreclaimableBytes = Self.bytes(ofPages: used > swappable ? used - swappable : 0)
+            guestUnreclaimableBytes = Self.unreclaimableBytes(sample: sample, memoryBytes: memoryBytes)
         }
         if let workingSet = sample[.workingSetPages] { guestWorkingSetBytes = Self.bytes(ofPages: workingSet) }
     }
@@ -99,6 +98,29 @@ extension VMAccount {
             if !overflow && total > onLists { pages = pages.addingReportingOverflow(total - onLists).overflow ? .max : pages + (total - onLists) }
         }
         return bytes(ofPages: pages)
+    }
+}
+
+extension VMAccount {
+    /// What ballooning cannot take from a VM of `memoryBytes` of RAM, from its guest's sample: all of RAM
+    /// but the balloon and what the balloon can still grow by. The balloon grows until MemAvailable
+    /// reaches the free memory the guest agent keeps (`keptFreePages`); a guest that does not say how
+    /// much it keeps is taken to keep nothing beyond what it uses and cannot page out (used less its free
+    /// swap) plus what its kernel reserved (RAM − MemTotal). Guest input: saturating throughout.
+    public static func unreclaimableBytes(sample: StatsSample, memoryBytes: UInt64) -> UInt64? {
+        guard let total = sample[.memTotal], let available = sample[.memAvailable] else { return nil }
+        let balloon = bytes(ofPages: sample[.balloonPages] ?? 0)
+        if let kept = sample[.keptFreePages] {
+            let growable = bytes(ofPages: available > kept ? available - kept : 0)
+            let (given, overflow) = balloon.addingReportingOverflow(growable)
+            return !overflow && memoryBytes > given ? memoryBytes - given : 0
+        }
+        let (kept, overflow) = available.addingReportingOverflow(sample[.balloonPages] ?? 0)
+        let used = !overflow && total > kept ? total - kept : 0
+        let swappable = min(sample[.swapFree] ?? 0, sample[.anonPages] ?? 0)
+        let reserved = memoryBytes > bytes(ofPages: total) ? memoryBytes - bytes(ofPages: total) : 0
+        let (sum, over) = bytes(ofPages: used > swappable ? used - swappable : 0).addingReportingOverflow(reserved)
+        return over ? .max : sum
     }
 }
 
