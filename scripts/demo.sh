@@ -76,6 +76,7 @@ TOML
     cat <<TOML
 [host]
 state_directory = "$work/state"
+settings_file = "$work/vm-settings.json"
 budget_mib = $budget
 stop_vms_on_exit = true
 TOML

@@ -67,6 +67,9 @@ extension HostCommand {
         @Option(name: .long, help: ArgumentHelp("The control socket (default <state directory>/control.sock).", valueName: "path"))
         var controlSocket: String?
 
+        @Option(name: .long, help: ArgumentHelp("Where `ballonetctl set` keeps per-VM shares, min and max (default /var/lib/ballonet/vm-settings.json).", valueName: "path"))
+        var settingsFile: String?
+
         @Option(name: .long, help: ArgumentHelp("Memory for all VMs together, MiB (0: no budget).", valueName: "MiB"))
         var budgetMib: UInt64?
 
@@ -91,6 +94,7 @@ extension HostCommand {
             }
             if let stateDirectory { configuration.stateDirectory = stateDirectory }
             if let controlSocket { configuration.controlSocket = controlSocket }
+            if let settingsFile { configuration.settingsFile = settingsFile }
             if let budgetMib { configuration.budgetMiB = budgetMib }
             if let stopVmsOnExit { configuration.stopVMsOnExit = stopVmsOnExit }
             if let logLevel {
@@ -156,7 +160,7 @@ public struct ControlCommand: ParsableCommand {
             ballonetctl talks to ballonet-host over its control socket (root only). Sizes are MiB.
             """,
         version: BallonetVersion.software,
-        subcommands: [Status.self, Explain.self, SetTarget.self]
+        subcommands: [Status.self, Top.self, Explain.self, Set.self, SetTarget.self]
     )
 
     public init() {}
@@ -222,6 +226,77 @@ public struct ControlCommand: ParsableCommand {
                 print(String(decoding: try encoder.encode(explanation), as: UTF8.self))
             } else {
                 print(ExplanationText.render(vm: vm, explanation), terminator: "")
+            }
+        }
+    }
+
+    struct Top: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show `status` live, refreshed every --interval seconds, until interrupted (or --count times).",
+            discussion: """
+                On a terminal the screen is cleared before each refresh, as esxtop does; otherwise each \
+                refresh is printed below the last, with a time stamp line. With --json, one JSON status per \
+                line (sizes in bytes), for scripts.
+                """)
+
+        @OptionGroup var socket: SocketOption
+        @Option(name: .long, help: ArgumentHelp("Seconds between refreshes (0.2 to 3600).", valueName: "seconds"))
+        var interval: Double = 1
+        @Option(name: .long, help: ArgumentHelp("Stop after this many refreshes (default: until interrupted).", valueName: "n"))
+        var count: Int?
+        @Flag(name: .long, help: "One JSON status per line instead of the table.")
+        var json = false
+
+        func validate() throws {
+            guard interval >= 0.2 && interval <= 3600 else { throw ValidationError("--interval must be between 0.2 and 3600 seconds") }
+            if let count, count < 1 { throw ValidationError("--count must be at least 1") }
+        }
+
+        func run() throws {
+            let terminal = Terminal.standardOutputIsTerminal && !json
+            var shown = 0
+            while count.map({ shown < $0 }) ?? true {
+                if shown > 0 { Thread.sleep(forTimeInterval: interval) }
+                let status = try ControlCommand.ask(ControlRequest(command: "status"), socket: socket.socket)
+                if json {
+                    print(String(decoding: try JSONEncoder().encode(status), as: UTF8.self))
+                } else {
+                    if terminal { print("\u{1B}[H\u{1B}[2J", terminator: "") }
+                    print("ballonetctl top: \(Date().formatted(.iso8601)), every \(MemoryPolicy.format(interval, 1)) s")
+                    print(StatusTable.render(status), terminator: "")
+                    if !terminal { print("") }
+                }
+                Terminal.flushOutput()
+                shown += 1
+            }
+        }
+    }
+
+    struct Set: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Change a VM's shares, min or max; kept across restarts of ballonet-host.",
+            discussion: """
+                The new values take effect in the policy's next round (within a second) and are kept in \
+                the settings file (settings_file in host.toml, default /var/lib/ballonet/vm-settings.json), \
+                where they override host.toml's values for the VM. `ballonetctl explain VM` shows the effect.
+                """)
+
+        @OptionGroup var socket: SocketOption
+        @Argument(help: "The VM's name, as `status` shows it.") var vm: String
+        @Option(name: .long, help: ArgumentHelp("Its shares (relative weight; default 10 per MiB of max).", valueName: "n")) var shares: UInt64?
+        @Option(name: .long, help: ArgumentHelp("The least memory the policy leaves it, MiB.", valueName: "MiB")) var min: UInt64?
+        @Option(name: .long, help: ArgumentHelp("The most it may hold, MiB (at most its RAM).", valueName: "MiB")) var max: UInt64?
+
+        func validate() throws {
+            guard shares != nil || min != nil || max != nil else { throw ValidationError("give at least one of --shares, --min, --max") }
+        }
+
+        func run() throws {
+            let status = try ControlCommand.ask(ControlRequest(command: "set", vm: vm, shares: shares, minMiB: min, maxMiB: max),
+                                                socket: socket.socket)
+            if let account = status.vms.first(where: { $0.name == vm }) {
+                func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20) MiB" } ?? "-" }
+                print("\(vm): shares \(account.shares.map(String.init) ?? "-"), min \(mib(account.minBytes)), max \(mib(account.maxBytes)); target \(mib(account.targetBytes)) (\(account.targetReason))")
             }
         }
     }

@@ -200,8 +200,11 @@ public enum MemoryPolicy {
                 goal = wanted
                 let limited = limit(from: previous, to: wanted, maxBytes: maximum, state: state, host: host,
                                     changeLimit: parameters.changeLimit)
-                if limited != wanted { bound = .changeLimit }
-                target = limited
+                // The change limit paces moves; it never holds a target outside [min, max] (an operator
+                // who lowers a max means it now).
+                let clamped = min(max(limited, minimum), maximum)
+                if clamped != wanted { bound = .changeLimit }
+                target = clamped
             }
             let activeBytes = min(vm.workingSetBytes ?? target, target)
             let fraction = target > 0 ? Double(activeBytes) / Double(target) : 1

@@ -36,6 +36,24 @@ public enum FileSystem {
         try file.close()
     }
 
+    /// rename(2): replaces `destination` atomically, so a reader sees the old file or the new, never half.
+    public static func rename(_ source: String, to destination: String) throws(SystemCallError) {
+        _ = try systemCall("rename", quoted(source)) { Glibc.rename(source, destination) }
+    }
+
+    /// Writes `bytes` to `path` through a temporary file beside it and a rename: a crash or a full disk
+    /// leaves the old file whole.
+    public static func replaceFile(_ path: String, _ bytes: [UInt8], permissions: UInt32) throws(SystemCallError) {
+        let temporary = path + ".new"
+        try writeFile(temporary, bytes, creatingWithPermissions: permissions)
+        do {
+            try rename(temporary, to: path)
+        } catch {
+            try? removeFile(temporary)
+            throw error
+        }
+    }
+
     /// `writeFile` with the text's UTF-8 bytes, such as "1" for clear_refs or "0\n" for a sysctl.
     public static func writeFile(
         _ path: String,
@@ -138,6 +156,11 @@ public enum FileSystem {
     /// chmod(2).
     public static func setPermissions(_ path: String, _ permissions: UInt32) throws(SystemCallError) {
         _ = try systemCall("chmod", quoted(path)) { Glibc.chmod(path, mode_t(permissions)) }
+    }
+
+    /// chown(2): `group` only (the owner stays), as the control socket needs.
+    public static func setGroup(_ path: String, _ group: UInt32) throws(SystemCallError) {
+        _ = try systemCall("chown", quoted(path)) { Glibc.chown(path, uid_t.max, gid_t(group)) }
     }
 
     /// mount(2) flags, from linux/mount.h.

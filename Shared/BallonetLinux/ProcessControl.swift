@@ -71,6 +71,22 @@ public enum ProcessControl {
     /// geteuid(2): the user whose rights this process has.
     public static var currentUserID: UInt32 { geteuid() }
 
+    /// The id of the group `name` from the group database (getgrnam_r), nil when there is none.
+    public static func groupID(named name: String) -> UInt32? {
+        var group = Glibc.group()
+        var result: UnsafeMutablePointer<Glibc.group>?
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        while true {
+            let status = getgrnam_r(name, &group, &buffer, buffer.count, &result)
+            if status == ERANGE && buffer.count < 1 << 20 {
+                buffer = [CChar](repeating: 0, count: buffer.count * 4)
+                continue
+            }
+            guard status == 0, let found = result else { return nil }
+            return found.pointee.gr_gid
+        }
+    }
+
     /// kill(2).
     public static func send(_ signal: Signal, to processID: Int32) throws(SystemCallError) {
         _ = try systemCall("kill", "pid \(processID), \(signal)") { Glibc.kill(processID, signal.rawValue) }

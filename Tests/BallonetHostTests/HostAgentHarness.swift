@@ -19,7 +19,8 @@ final class HostAgentProcess {
         logPath = directory.appendingPathComponent("host.log").path
         controlSocket = directory.appendingPathComponent("control.sock").path
         var arguments = ["run", "--state-directory", directory.appendingPathComponent("state").path,
-                         "--control-socket", controlSocket, "--log-level", "debug"]
+                         "--control-socket", controlSocket, "--log-level", "debug",
+                         "--settings-file", directory.appendingPathComponent("vm-settings.json").path]
         if let configText {
             let configPath = directory.appendingPathComponent("host.toml").path
             try configText.write(toFile: configPath, atomically: true, encoding: .utf8)

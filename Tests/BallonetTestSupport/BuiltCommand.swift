@@ -19,8 +19,13 @@ public enum BuiltCommand {
 
     /// Runs a built executable to its end; returns its exit status and everything it printed.
     public static func run(_ name: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        try run(executable: try path(name), arguments)
+    }
+
+    /// Runs any executable to its end (a system tool such as setpriv); its exit status and output.
+    public static func run(executable: URL, _ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
-        process.executableURL = try path(name)
+        process.executableURL = executable
         process.arguments = arguments
         let pipe = Pipe()
         process.standardOutput = pipe

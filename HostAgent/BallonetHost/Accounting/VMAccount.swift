@@ -48,6 +48,9 @@ public struct VMAccount: Codable, Equatable, Sendable {
     /// Guest messages refused (bad ranges, floods, malformed frames): never acted on.
     public var refusedMessages: UInt64 = 0
     public var lastRefusal: String?
+    /// What the balloon grew and shrank by since the agent started, cumulative (rates for metrics).
+    public var inflatedBytes: UInt64 = 0
+    public var deflatedBytes: UInt64 = 0
     /// Pages the guest gave back under its own pressure.
     public var pressureReleasedBytes: UInt64 = 0
 

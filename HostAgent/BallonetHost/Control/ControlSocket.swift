@@ -8,11 +8,19 @@ public struct ControlRequest: Codable, Sendable {
     public var command: String
     public var vm: String?
     public var mib: UInt64?
+    /// `set`: the VM's new shares, min and max (MiB); nil leaves one as it is.
+    public var shares: UInt64?
+    public var minMiB: UInt64?
+    public var maxMiB: UInt64?
 
-    public init(command: String, vm: String? = nil, mib: UInt64? = nil) {
+    public init(command: String, vm: String? = nil, mib: UInt64? = nil, shares: UInt64? = nil, minMiB: UInt64? = nil,
+                maxMiB: UInt64? = nil) {
         self.command = command
         self.vm = vm
         self.mib = mib
+        self.shares = shares
+        self.minMiB = minMiB
+        self.maxMiB = maxMiB
     }
 }
 
@@ -38,12 +46,19 @@ public enum ControlLimits {
     public static let requestTimeout: Duration = .milliseconds(500)
 }
 
-/// The daemon's end of the control socket: owner-only permissions (root's), and each client's
-/// credentials are checked (root or the daemon's own user).
+/// The daemon's end of the control socket. Who may use it: root, the daemon's own user, and members of
+/// the group `ballonet` where that group exists (the socket is then mode 0660, group ballonet; else 0600).
+/// Each client's credentials are checked again on accept (SO_PEERCRED and its supplementary groups), so
+/// a socket whose mode an operator loosened does not let anyone else in.
 final class ControlServer {
+    /// The group whose members may use the control socket besides root.
+    static let groupName = "ballonet"
+
     let path: String
     private let listener: SharedDescriptor
     let logger: Logger
+    /// `ballonet`'s gid, when the group exists.
+    let allowedGroup: UInt32?
 
 
     var descriptor: Int32 { listener.descriptor.rawValue }
@@ -54,7 +69,24 @@ final class ControlServer {
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         if !directory.isEmpty { try FileSystem.makeDirectory(directory, permissions: 0o755, orExisting: true) }
         listener = SharedDescriptor(try UnixSocket.listen(at: path, replacingStaleSocket: true))
-        try FileSystem.setPermissions(path, 0o600)
+        allowedGroup = ProcessControl.groupID(named: Self.groupName)
+        if let group = allowedGroup {
+            try FileSystem.setGroup(path, group)
+            try FileSystem.setPermissions(path, 0o660)
+        } else {
+            try FileSystem.setPermissions(path, 0o600)
+        }
+    }
+
+    /// Whether the peer may use the socket: root, our own user, or a member of `ballonet`.
+    func permits(_ credentials: PeerCredentials) -> Bool {
+        if credentials.userID == 0 || credentials.userID == ProcessControl.currentUserID { return true }
+        guard let group = allowedGroup else { return false }
+        if credentials.groupID == group { return true }
+        // Supplementary groups are not in SO_PEERCRED; /proc/<pid>/status lists them ("Groups:").
+        guard let status = try? ProcFiles.status(of: .id(credentials.processID)),
+              let groups = status.fields["Groups"] else { return false }
+        return groups.split(whereSeparator: { $0 == " " || $0 == "\t" }).contains { UInt32($0) == group }
     }
 
     deinit { try? FileSystem.removeFile(path) }
@@ -65,8 +97,8 @@ final class ControlServer {
         let response: ControlResponse
         do {
             let credentials = try connection.peerCredentials()
-            guard credentials.userID == 0 || credentials.userID == ProcessControl.currentUserID else {
-                throw ControlError("permission denied: the control socket answers root only (uid \(credentials.userID) asked)")
+            guard permits(credentials) else {
+                throw ControlError("permission denied: the control socket answers root and members of group \(Self.groupName) only (uid \(credentials.userID) asked)")
             }
             var buffer: [UInt8] = []
             while !buffer.contains(UInt8(ascii: "\n")) {
@@ -107,7 +139,7 @@ public enum ControlClient {
                 throw ControlError("ballonet-host is not running (no control socket at \(path)); start it with `ballonet-host run`")
             }
             if error.errno == .EACCES {
-                throw ControlError("permission denied on \(path): ballonetctl must run as root")
+                throw ControlError("permission denied on \(path): ballonetctl needs root, or membership in group ballonet (`adduser USER ballonet`, then log in again)")
             }
             throw ControlError("cannot connect to \(path): \(error)")
         }

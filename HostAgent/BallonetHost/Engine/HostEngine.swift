@@ -20,6 +20,8 @@ public final class HostEngine: @unchecked Sendable {
     private var nextSampleMillis: UInt64 = 0
     private var lastRoundMillis: UInt64?
     private var lastDecision: MemoryPolicy.Decision?
+    /// What `ballonetctl set` changed, as kept in the settings file.
+    private var settings: [String: VMSettings] = [:]
     /// VMs the inventory would not start (admission control), with why: status shows them.
     private var refused: [(name: String, reason: String)] = []
 
@@ -57,8 +59,14 @@ public final class HostEngine: @unchecked Sendable {
     public func run(onReady: () -> Void = {}) throws {
         let endpoints = try inventory.endpoints(logger: logger)
         refused = inventory.refused
+        settings = try VMSettingsFile.load(path: configuration.settingsFile)
         for endpoint in endpoints {
-            let configuration = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
+            var configuration = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
+            if let saved = settings[endpoint.name] {
+                configuration = saved.applied(to: configuration)
+                logger.notice("settings from ballonetctl set (\(self.configuration.settingsFile)): shares \(saved.shares.map(String.init) ?? "-"), min \(saved.minMiB.map { "\($0) MiB" } ?? "-"), max \(saved.maxMiB.map { "\($0) MiB" } ?? "-")",
+                              metadata: ["vm": "\(endpoint.name)"])
+            }
             vms.append(VMRuntime(configuration: configuration, endpoint: endpoint, steering: self.configuration.steering,
                                  estimator: self.configuration.policy.estimator, logger: logger))
         }
@@ -216,6 +224,11 @@ public final class HostEngine: @unchecked Sendable {
             var response = ControlResponse(ok: true, status: status())
             response.explanation = explanation
             return response
+        case "set":
+            guard let name = request.vm, let vm = vms.first(where: { $0.endpoint.name == name }) else {
+                return ControlResponse(ok: false, error: "no VM named \(request.vm ?? "(none)"); VMs: \(vms.map(\.endpoint.name).joined(separator: ", "))")
+            }
+            return set(vm, request)
         case "set-target":
             guard let name = request.vm, let vm = vms.first(where: { $0.endpoint.name == name }) else {
                 return ControlResponse(ok: false, error: "no VM named \(request.vm ?? "(none)"); VMs: \(vms.map(\.endpoint.name).joined(separator: ", "))")
@@ -235,7 +248,44 @@ public final class HostEngine: @unchecked Sendable {
             vm.logger.notice("target set by command: \(mib) MiB")
             return ControlResponse(ok: true, status: status())
         default:
-            return ControlResponse(ok: false, error: "unknown command \(request.command); commands: status, explain, set-target")
+            return ControlResponse(ok: false, error: "unknown command \(request.command); commands: status, explain, set, set-target")
         }
+    }
+
+    /// `ballonetctl set VM --shares/--min/--max`: checked, applied from the next round on, and kept in the
+    /// settings file so a restarted agent has them too.
+    private func set(_ vm: VMRuntime, _ request: ControlRequest) -> ControlResponse {
+        let name = vm.endpoint.name
+        guard request.shares != nil || request.minMiB != nil || request.maxMiB != nil else {
+            return ControlResponse(ok: false, error: "nothing to set: give --shares, --min or --max")
+        }
+        var saved = settings[name] ?? VMSettings()
+        if let shares = request.shares { saved.shares = shares }
+        if let minimum = request.minMiB { saved.minMiB = minimum }
+        if let maximum = request.maxMiB { saved.maxMiB = maximum }
+        let updated = saved.applied(to: vm.configuration)
+        let ramMiB = vm.account.memoryBytes >> 20
+        if let shares = updated.shares, !HostConfigurationLimits.shares.contains(shares) {
+            return ControlResponse(ok: false, error: "shares must be between \(HostConfigurationLimits.shares.lowerBound) and \(HostConfigurationLimits.shares.upperBound)")
+        }
+        let maximum = updated.maxMiB ?? ramMiB
+        if let maxMiB = updated.maxMiB, ramMiB > 0, maxMiB > ramMiB {
+            return ControlResponse(ok: false, error: "VM \(name) has \(ramMiB) MiB of RAM; a max of \(maxMiB) MiB is more than it has")
+        }
+        if ramMiB > 0 || updated.maxMiB != nil, updated.minMiB > maximum {
+            return ControlResponse(ok: false, error: "min \(updated.minMiB) MiB is above max \(maximum) MiB")
+        }
+        var all = settings
+        all[name] = saved
+        do {
+            try VMSettingsFile.save(all, path: configuration.settingsFile)
+        } catch {
+            return ControlResponse(ok: false, error: "not changed: cannot save \(configuration.settingsFile): \(error)")
+        }
+        settings = all
+        vm.configuration = updated
+        vm.logger.notice("set by ballonetctl: shares \(updated.effectiveShares(maxBytes: maximum << 20)), min \(updated.minMiB) MiB, max \(maximum) MiB (kept in \(configuration.settingsFile))")
+        policyRound(nowMillis: Self.nowMillis())
+        return ControlResponse(ok: true, status: status())
     }
 }

@@ -6,7 +6,8 @@ import Logging
 /// Everything the engine holds for one VM: its endpoint, the RAM map and reclaimer once attached, the
 /// port connection and its session, the steering, and the account. Only the engine's thread touches it.
 final class VMRuntime {
-    let configuration: VMConfiguration
+    /// host.toml's settings for the VM, with `ballonetctl set`'s over them.
+    var configuration: VMConfiguration
     let endpoint: VMEndpoint
     var logger: Logger
     var account: VMAccount
@@ -232,7 +233,13 @@ final class VMRuntime {
             case .reclaim(let request):
                 reclaim(request, nowMillis: nowMillis)
             case .balloonChanged(let pages, let reason):
-                account.balloonBytes = VMAccount.bytes(ofPages: pages)
+                let bytes = VMAccount.bytes(ofPages: pages)
+                if bytes > account.balloonBytes {
+                    account.inflatedBytes = account.inflatedBytes.addingReportingOverflow(bytes - account.balloonBytes).partialValue
+                } else {
+                    account.deflatedBytes = account.deflatedBytes.addingReportingOverflow(account.balloonBytes - bytes).partialValue
+                }
+                account.balloonBytes = bytes
                 logger.debug("balloon \(VMAccount.bytes(ofPages: pages) >> 20) MiB: \(reason)", metadata: ["session": "\(sessionID)"])
             case .guestReleasedUnderPressure(let pages):
                 account.pressureReleasedBytes = account.pressureReleasedBytes.addingReportingOverflow(VMAccount.bytes(ofPages: pages)).partialValue
