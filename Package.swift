@@ -87,7 +87,8 @@ let package = Package(
         .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetConfig", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetPolicyTests", dependencies: ["BallonetPolicy"], path: "Tests/BallonetPolicyTests"),
-        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig"], path: "Tests/BallonetHostTests"),
+        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig",
+                                                        "BallonetPolicy", .product(name: "Logging", package: "swift-log")], path: "Tests/BallonetHostTests"),
         // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests
         // booted from the guest test image, and a host peer that speaks the wire protocol.
         .target(name: "BallonetTestSupport", dependencies: ["BallonetWire", "BallonetLinux"], path: "Tests/BallonetTestSupport"),

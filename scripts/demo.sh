@@ -100,7 +100,7 @@ while true; do
     elapsed=$(( $(date +%s) - start ))
     [ "$elapsed" -ge "$seconds" ] && break
     kill -0 "$host_pid" 2>/dev/null || { echo "ballonet-host exited:"; tail -n 30 "$work/host.log"; exit 1; }
-    table=$("$bin/ballonetctl" status --socket "$work/state/control.sock" 2>&1 || true)
+    table=$("$bin/ballonetctl" top --count 1 --socket "$work/state/control.sock" 2>&1 || true)
     [ -t 1 ] && printf '\033[H\033[2J'
     echo "ballonet demo: ${elapsed}s of ${seconds}s (idle: boots and rests; busy: re-touches 200 MiB; growing: from 30 s grows to 380 MiB)"
     echo "$table"

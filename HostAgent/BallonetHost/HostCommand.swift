@@ -70,6 +70,9 @@ extension HostCommand {
         @Option(name: .long, help: ArgumentHelp("Where `ballonetctl set` keeps per-VM shares, min and max (default /var/lib/ballonet/vm-settings.json).", valueName: "path"))
         var settingsFile: String?
 
+        @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics at http://ADDRESS/metrics, loopback only (default 127.0.0.1:9848; \"\" for none).", valueName: "host:port"))
+        var metricsAddress: String?
+
         @Option(name: .long, help: ArgumentHelp("Memory for all VMs together, MiB (0: no budget).", valueName: "MiB"))
         var budgetMib: UInt64?
 
@@ -95,6 +98,7 @@ extension HostCommand {
             if let stateDirectory { configuration.stateDirectory = stateDirectory }
             if let controlSocket { configuration.controlSocket = controlSocket }
             if let settingsFile { configuration.settingsFile = settingsFile }
+            if let metricsAddress { configuration.metricsAddress = metricsAddress }
             if let budgetMib { configuration.budgetMiB = budgetMib }
             if let stopVmsOnExit { configuration.stopVMsOnExit = stopVmsOnExit }
             if let logLevel {

@@ -198,3 +198,107 @@ extension FileDescriptor {
         return PeerCredentials(processID: credentials.0, userID: credentials.1, groupID: credentials.2)
     }
 }
+
+/// TCP over IPv4: the host daemon's metrics endpoint (on loopback), and its clients in tests.
+///
+/// Addresses are dotted quads ("127.0.0.1"), parsed by inet_pton: no name lookup, which would block the
+/// caller on DNS and make the address a listener ends up on depend on the resolver.
+public enum TCPSocket {
+    /// Binds a socket to `address`:`port` (port 0: the kernel picks a free one, see `boundPort(of:)`) and
+    /// listens on it. SO_REUSEADDR is set, so a restarted daemon can bind again while connections of its
+    /// previous run sit in TIME_WAIT; it does not let two live listeners share the port.
+    public static func listen(
+        address: String,
+        port: UInt16,
+        backlog: Int32 = 16,
+        nonBlocking: Bool = false
+    ) throws(SystemCallError) -> FileDescriptor {
+        let context = endpoint(address, port)
+        let socket = try makeSocket(nonBlocking: nonBlocking, context: context)
+        let number = socket.rawValue
+        var one: Int32 = 1
+        _ = try systemCall("setsockopt(SO_REUSEADDR)", context) {
+            Glibc.setsockopt(number, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        _ = try withAddress(address, port: port, call: "bind") { (pointer, length) throws(SystemCallError) in
+            try systemCall("bind", context) { Glibc.bind(number, pointer, length) }
+        }
+        _ = try systemCall("listen", context) { Glibc.listen(number, backlog) }
+        return socket
+    }
+
+    /// Connects to `address`:`port`, waiting until the connection is made or refused.
+    public static func connect(address: String, port: UInt16) throws(SystemCallError) -> FileDescriptor {
+        let context = endpoint(address, port)
+        let socket = try makeSocket(nonBlocking: false, context: context)
+        let number = socket.rawValue
+        let failure = try withAddress(address, port: port, call: "connect") { (pointer, length) throws(SystemCallError) -> Errno? in
+            Glibc.connect(number, pointer, length) == -1 ? Errno.current : nil
+        }
+        guard let failure else { return socket }
+        // An interrupted TCP connect goes on in the background: calling connect again would fail with
+        // EALREADY, so wait for the socket to become writable and ask it how the connect ended.
+        guard failure == .EINTR else { throw SystemCallError("connect", failure, context: context) }
+        _ = try socket.poll(for: .writable, timeout: nil)
+        var pending: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        _ = try systemCall("getsockopt(SO_ERROR)", context) {
+            Glibc.getsockopt(number, SOL_SOCKET, SO_ERROR, &pending, &length)
+        }
+        if pending != 0 { throw SystemCallError("connect", Errno(rawValue: pending), context: context) }
+        return socket
+    }
+
+    /// getsockname(2): the port a TCP socket is bound to, for a listener bound to port 0.
+    public static func boundPort(of socket: borrowing FileDescriptor) throws(SystemCallError) -> UInt16 {
+        let number = socket.rawValue
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = try withUnsafeMutablePointer(to: &address) { (pointer) throws(SystemCallError) -> Int32 in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (generic) throws(SystemCallError) -> Int32 in
+                try systemCall("getsockname", "fd \(number)") { Glibc.getsockname(number, generic, &length) }
+            }
+        }
+        guard address.sin_family == sa_family_t(AF_INET) else {
+            throw SystemCallError("getsockname", .EINVAL, context: "fd \(number), not an IPv4 socket")
+        }
+        return UInt16(bigEndian: address.sin_port)
+    }
+
+    private static func makeSocket(nonBlocking: Bool, context: String) throws(SystemCallError) -> FileDescriptor {
+        var type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if nonBlocking {
+            type |= Int32(SOCK_NONBLOCK.rawValue)
+        }
+        let number = try systemCall("socket", context) { Glibc.socket(AF_INET, type, 0) }
+        return FileDescriptor(adopting: number)
+    }
+
+    /// "127.0.0.1:9848", as error messages name an endpoint.
+    private static func endpoint(_ address: String, _ port: UInt16) -> String {
+        "\(quoted(address)), port \(port)"
+    }
+
+    /// Builds a sockaddr_in, refusing anything inet_pton does not read as a dotted quad (host names,
+    /// IPv6, "127.1").
+    static func withAddress<Result>(
+        _ address: String,
+        port: UInt16,
+        call: String,
+        _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemCallError) -> Result
+    ) throws(SystemCallError) -> Result {
+        var socketAddress = sockaddr_in()
+        socketAddress.sin_family = sa_family_t(AF_INET)
+        socketAddress.sin_port = port.bigEndian
+        let parsed = address.utf8.contains(0) ? 0 : Glibc.inet_pton(AF_INET, address, &socketAddress.sin_addr)
+        guard parsed == 1 else {
+            throw SystemCallError(call, .EINVAL, context: "\(quoted(address)), not an IPv4 address (a.b.c.d)")
+        }
+        let length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        return try withUnsafePointer(to: &socketAddress) { (pointer) throws(SystemCallError) -> Result in
+            try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { (generic) throws(SystemCallError) -> Result in
+                try body(generic, length)
+            }
+        }
+    }
+}

@@ -19,7 +19,8 @@ import Testing
                                       appendArguments: "ballonet.agent=1 ballonet.agent_args=\"--sample-seconds 2\"", workDirectory: work)
         defer { guest.stop() }
         _ = try guest.waitUntilReady(timeout: 180)
-        var host = try HostAgentProcess(directory: work, vms: [("ops", guest.qmpSocketPath, guest.portSocketPath)])
+        var host = try HostAgentProcess(directory: work, vms: [("ops", guest.qmpSocketPath, guest.portSocketPath)],
+                                        metricsAddress: "127.0.0.1:0")
         defer { host.stop() }
         let socket = host.controlSocket
         do {
@@ -36,6 +37,25 @@ import Testing
             let status = try JSONDecoder().decode(HostStatus.self, from: Data(json.output.utf8))
             #expect(status.state == "high")
             #expect(status.vms.first?.name == "ops" && status.vms.first?.memoryBytes == 512 << 20)
+
+            // Metrics: Prometheus text whose numbers agree with status --json (taken right after it; the
+            // figures that move every second are compared with a margin).
+            let address = try #require(status.metricsAddress)
+            let scraped = try Self.scrape(address)
+            let after = try JSONDecoder().decode(HostStatus.self, from: Data(try Self.ctl(["status", "--json"], socket: socket).output.utf8))
+            let samples = try PrometheusParser.parsePrometheus(scraped)
+            let vm = after.vms[0]
+            #expect(samples["ballonet_host_state{state=\"high\"}"] == 1)
+            #expect(samples["ballonet_vm_memory_bytes{vm=\"ops\"}"] == Double(vm.memoryBytes))
+            #expect(samples["ballonet_vm_shares{vm=\"ops\"}"] == Double(vm.shares ?? 0))
+            #expect(samples["ballonet_vm_sessions_total{vm=\"ops\"}"] == Double(vm.sessions))
+            #expect(samples["ballonet_vm_refused_messages_total{vm=\"ops\"}"] == Double(vm.refusedMessages))
+            #expect(samples["ballonet_vm_guest_agent_up{vm=\"ops\"}"] == 1)
+            for (name, value) in [("ballonet_vm_target_bytes", vm.targetBytes), ("ballonet_vm_balloon_bytes", vm.balloonBytes),
+                                  ("ballonet_vm_resident_bytes", vm.residentBytes), ("ballonet_vm_reclaimed_bytes_total", vm.reclaimedBytes)] {
+                let metric = try #require(samples[name + "{vm=\"ops\"}"], "\(name) missing")
+                #expect(abs(metric - Double(value)) <= Double(64 << 20), "\(name): \(metric) vs \(value)")
+            }
 
             // top: refreshes, one table per refresh; --json one status per line.
             let top = try Self.ctl(["top", "--count", "2", "--interval", "0.5"], socket: socket)
@@ -77,5 +97,24 @@ import Testing
         } catch {
             Issue.record("\(error)\nhost log:\n\(String(host.log.suffix(3000)))")
         }
+    }
+
+    /// GET /metrics from `address` ("127.0.0.1:PORT"): the body, after checking the status line.
+    static func scrape(_ address: String) throws -> String {
+        let colon = address.lastIndex(of: ":")!
+        let connection = try TCPSocket.connect(address: String(address[..<colon]), port: UInt16(address[address.index(after: colon)...])!)
+        try connection.send(all: Array("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8))
+        var bytes: [UInt8] = []
+        while true {
+            guard try !connection.poll(for: .readable, timeout: .seconds(10)).isEmpty else { break }
+            let chunk = try connection.receive(upTo: 1 << 16)
+            if chunk.isEmpty { break }
+            bytes += chunk
+        }
+        let response = String(decoding: bytes, as: UTF8.self)
+        #expect(response.hasPrefix("HTTP/1.1 200"), "\(response.prefix(200))")
+        #expect(response.contains("text/plain; version=0.0.4"))
+        guard let split = response.range(of: "\r\n\r\n") else { return "" }
+        return String(response[split.upperBound...])
     }
 }

@@ -142,6 +142,8 @@ public struct HostStatus: Codable, Equatable, Sendable {
     public var idleTaxRate: Double?
     /// The policy's warning when the VMs' mins do not fit.
     public var warning: String?
+    /// Where Prometheus metrics are served ("127.0.0.1:9848"), nil when they are off.
+    public var metricsAddress: String?
     public var vms: [VMAccount]
 
     public init(version: String, budgetBytes: UInt64?, vms: [VMAccount]) {

@@ -66,6 +66,9 @@ public struct HostConfiguration: Equatable, Sendable {
     public var controlSocket = ""
     /// Where `ballonetctl set` keeps per-VM shares, min and max across restarts.
     public var settingsFile = VMSettingsFile.defaultPath
+    /// Prometheus metrics at http://ADDRESS/metrics; empty: none. Loopback only: the metrics carry no
+    /// authentication. 9848: unassigned in Prometheus's port allocation list, next to other exporters.
+    public var metricsAddress = "127.0.0.1:9848"
     /// Memory for all VMs together, MiB; 0: no budget: host RAM less `reserveMiB` and the VMs' overheads.
     /// With a budget, the free-memory states are measured against it (budget − what the VMs hold).
     public var budgetMiB: UInt64 = 0
@@ -119,7 +122,7 @@ public enum HostConfigurationLimits {
 
 extension HostConfiguration {
     public static let knownKeys: [(table: String, keys: [String])] = [
-        ("host", ["state_directory", "control_socket", "settings_file", "budget_mib", "reserve_mib", "vm_overhead_mib", "require_swap",
+        ("host", ["state_directory", "control_socket", "settings_file", "metrics_address", "budget_mib", "reserve_mib", "vm_overhead_mib", "require_swap",
                   "stop_vms_on_exit", "log_level"]),
         ("steering", ["inflate_step_mib", "deadband_mib", "pressure_backoff_seconds"]),
         ("policy", PolicyTable.keys),
@@ -179,6 +182,7 @@ extension HostConfiguration {
                 if let value = try reader.string("state_directory") { configuration.stateDirectory = value }
                 if let value = try reader.string("control_socket") { configuration.controlSocket = value }
                 if let value = try reader.string("settings_file") { configuration.settingsFile = value }
+                if let value = try reader.string("metrics_address") { configuration.metricsAddress = value }
                 if let value = try reader.integer("budget_mib", in: 0...(UInt64(1) << 40)) { configuration.budgetMiB = value }
                 if let value = try reader.integer("reserve_mib", in: 0...(UInt64(1) << 40)) { configuration.reserveMiB = value }
                 if let value = try reader.integer("vm_overhead_mib", in: 0...65_536) { configuration.vmOverheadMiB = value }

@@ -17,6 +17,7 @@ public final class HostEngine: @unchecked Sendable {
     private let wakeReader: SharedDescriptor
     private let wakeWriter: SharedDescriptor
     private var control: ControlServer?
+    private var metrics: MetricsServer?
     private var nextSampleMillis: UInt64 = 0
     private var lastRoundMillis: UInt64?
     private var lastDecision: MemoryPolicy.Decision?
@@ -71,14 +72,19 @@ public final class HostEngine: @unchecked Sendable {
                                  estimator: self.configuration.policy.estimator, logger: logger))
         }
         control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
+        if !configuration.metricsAddress.isEmpty {
+            metrics = try MetricsServer(address: configuration.metricsAddress, logger: logger)
+        }
         let budget = configuration.budgetMiB > 0 ? "budget \(configuration.budgetMiB) MiB for VMs"
             : "no budget: host RAM less a \(configuration.reserveMiB) MiB reserve and \(configuration.vmOverheadMiB) MiB per VM"
         let policy = configuration.policy
-        logger.notice("ballonet-host \(BallonetVersion.software) running: \(vms.count) VMs, control socket \(configuration.effectiveControlSocket), \(budget); idle tax \(MemoryPolicy.format(policy.idleTaxRate, 2)), trimming \(policy.trimming.enabled ? "on" : "off")")
+        let metricsText = status().metricsAddress.map { "metrics at http://\($0)/metrics" } ?? "no metrics"
+        logger.notice("ballonet-host \(BallonetVersion.software) running: \(vms.count) VMs, control socket \(configuration.effectiveControlSocket), \(metricsText), \(budget); idle tax \(MemoryPolicy.format(policy.idleTaxRate, 2)), trimming \(policy.trimming.enabled ? "on" : "off")")
         onReady()
         defer {
             for vm in vms { vm.close(reason: "ballonet-host is stopping") }
             control = nil
+            metrics = nil
             inventory.shutdown(logger: logger)
             logger.notice("ballonet-host stopped")
         }
@@ -100,6 +106,7 @@ public final class HostEngine: @unchecked Sendable {
     private func waitAndHandle(timeoutMillis: UInt64) throws {
         var requests = [PollRequest(descriptor: wakeReader.descriptor.rawValue, events: .readable)]
         if let control { requests.append(PollRequest(descriptor: control.descriptor, events: .readable)) }
+        if let metrics { requests.append(PollRequest(descriptor: metrics.descriptor, events: .readable)) }
         var owners: [VMRuntime] = []
         for vm in vms {
             guard let descriptor = vm.portDescriptor else { continue }
@@ -110,8 +117,12 @@ public final class HostEngine: @unchecked Sendable {
         if !requests[0].returnedEvents.isEmpty { _ = try? wakeReader.descriptor.receive(upTo: 64) }
         var index = 1
         if let control {
-            if !requests[1].returnedEvents.isEmpty { control.serveOne { handle($0) } }
-            index = 2
+            if !requests[index].returnedEvents.isEmpty { control.serveOne { handle($0) } }
+            index += 1
+        }
+        if let metrics {
+            if !requests[index].returnedEvents.isEmpty { metrics.serveOne { PrometheusText.render(status()) } }
+            index += 1
         }
         let now = Self.nowMillis()
         for vm in owners {
@@ -201,6 +212,7 @@ public final class HostEngine: @unchecked Sendable {
         status.capacityBytes = lastDecision?.capacityBytes
         status.idleTaxRate = configuration.policy.idleTaxRate
         status.warning = lastDecision?.warning
+        status.metricsAddress = metrics.map { "\($0.address[..<($0.address.lastIndex(of: ":") ?? $0.address.endIndex)]):\($0.port)" }
         for vm in refused {
             var account = VMAccount(name: vm.name)
             account.state = "refused: \(vm.reason)"
