@@ -40,10 +40,14 @@ import Testing
 
             // Metrics: Prometheus text whose numbers agree with status --json (taken right after it; the
             // figures that move every second are compared with a margin).
+            // The page is rendered once a round (a second): scrape until it shows the session.
             let address = try #require(status.metricsAddress)
-            let scraped = try Self.scrape(address)
+            var samples = try PrometheusParser.parsePrometheus(try Self.scrape(address))
+            for _ in 0..<20 where samples["ballonet_vm_guest_agent_up{vm=\"ops\"}"] != 1 {
+                Thread.sleep(forTimeInterval: 0.25)
+                samples = try PrometheusParser.parsePrometheus(try Self.scrape(address))
+            }
             let after = try JSONDecoder().decode(HostStatus.self, from: Data(try Self.ctl(["status", "--json"], socket: socket).output.utf8))
-            let samples = try PrometheusParser.parsePrometheus(scraped)
             let vm = after.vms[0]
             #expect(samples["ballonet_host_state{state=\"high\"}"] == 1)
             #expect(samples["ballonet_vm_memory_bytes{vm=\"ops\"}"] == Double(vm.memoryBytes))

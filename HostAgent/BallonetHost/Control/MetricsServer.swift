@@ -27,7 +27,8 @@ public struct MetricsError: Error, CustomStringConvertible {
 ///
 /// It answers `GET /metrics` (and `GET /`, and HEAD for both) with `PrometheusText`; anything else gets an
 /// error status. It has no authentication, so it refuses to listen anywhere but on loopback.
-final class MetricsServer {
+/// Used by one thread at a time: created by the engine, then served only by the metrics thread.
+final class MetricsServer: @unchecked Sendable {
     /// As configured, "127.0.0.1:9848".
     let address: String
     /// The port listened on: the configured one, or the one the kernel chose for port 0.

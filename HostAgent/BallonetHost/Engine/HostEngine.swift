@@ -18,6 +18,10 @@ public final class HostEngine: @unchecked Sendable {
     private let wakeWriter: SharedDescriptor
     private var control: ControlServer?
     private var metrics: MetricsServer?
+    /// The metrics page as of the last round. A thread of its own serves it, so a slow or idle scraper
+    /// (any local user can connect to a TCP port) never holds the engine's loop.
+    private let metricsPage = MetricsPage()
+    private let metricsThreadDone = DispatchSemaphore(value: 0)
     private var nextSampleMillis: UInt64 = 0
     private var lastRoundMillis: UInt64?
     private var lastDecision: MemoryPolicy.Decision?
@@ -73,7 +77,19 @@ public final class HostEngine: @unchecked Sendable {
         }
         control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
         if !configuration.metricsAddress.isEmpty {
-            metrics = try MetricsServer(address: configuration.metricsAddress, logger: logger)
+            let server = try MetricsServer(address: configuration.metricsAddress, logger: logger)
+            metrics = server
+            metricsPage.update(PrometheusText.render(status()))
+            let page = metricsPage, done = metricsThreadDone
+            Thread.detachNewThread { [self] in
+                while !stopRequested.load(ordering: .sequentiallyConsistent) {
+                    var request = [PollRequest(descriptor: server.descriptor, events: .readable)]
+                    // A short wait, so the thread sees a stop within a fifth of a second.
+                    guard (try? Poll.wait(&request, timeout: .milliseconds(200))) != nil else { continue }
+                    if !request[0].returnedEvents.isEmpty { server.serveOne { page.text } }
+                }
+                done.signal()
+            }
         }
         let budget = configuration.budgetMiB > 0 ? "budget \(configuration.budgetMiB) MiB for VMs"
             : "no budget: host RAM less a \(configuration.reserveMiB) MiB reserve and \(configuration.vmOverheadMiB) MiB per VM"
@@ -84,7 +100,11 @@ public final class HostEngine: @unchecked Sendable {
         defer {
             for vm in vms { vm.close(reason: "ballonet-host is stopping") }
             control = nil
-            metrics = nil
+            if metrics != nil {
+                stopRequested.store(true, ordering: .sequentiallyConsistent)   // also when the loop ended by an error
+                _ = metricsThreadDone.wait(timeout: .now() + 3)
+                metrics = nil
+            }
             inventory.shutdown(logger: logger)
             logger.notice("ballonet-host stopped")
         }
@@ -98,6 +118,7 @@ public final class HostEngine: @unchecked Sendable {
                 nextSampleMillis = now + Self.sampleMillis
                 for vm in vms { vm.sampleHostFigures() }
                 policyRound(nowMillis: now)
+                if metrics != nil { metricsPage.update(PrometheusText.render(status())) }
             }
             try waitAndHandle(timeoutMillis: Self.tickMillis)
         }
@@ -106,7 +127,6 @@ public final class HostEngine: @unchecked Sendable {
     private func waitAndHandle(timeoutMillis: UInt64) throws {
         var requests = [PollRequest(descriptor: wakeReader.descriptor.rawValue, events: .readable)]
         if let control { requests.append(PollRequest(descriptor: control.descriptor, events: .readable)) }
-        if let metrics { requests.append(PollRequest(descriptor: metrics.descriptor, events: .readable)) }
         var owners: [VMRuntime] = []
         for vm in vms {
             guard let descriptor = vm.portDescriptor else { continue }
@@ -118,10 +138,6 @@ public final class HostEngine: @unchecked Sendable {
         var index = 1
         if let control {
             if !requests[index].returnedEvents.isEmpty { control.serveOne { handle($0) } }
-            index += 1
-        }
-        if let metrics {
-            if !requests[index].returnedEvents.isEmpty { metrics.serveOne { PrometheusText.render(status()) } }
             index += 1
         }
         let now = Self.nowMillis()
@@ -300,4 +316,11 @@ public final class HostEngine: @unchecked Sendable {
         policyRound(nowMillis: Self.nowMillis())
         return ControlResponse(ok: true, status: status())
     }
+}
+
+/// The text the metrics thread serves, replaced by the engine once a round.
+final class MetricsPage: Sendable {
+    private let current = Mutex("")
+    var text: String { current.withLock { $0 } }
+    func update(_ text: String) { current.withLock { $0 = text } }
 }
