@@ -161,7 +161,15 @@ public struct ControlCommand: ParsableCommand {
         commandName: "ballonetctl",
         abstract: "Ask a running ballonet-host what it is doing, and tell it what to aim for.",
         discussion: """
-            ballonetctl talks to ballonet-host over its control socket (root only). Sizes are MiB.
+            ballonetctl talks to ballonet-host over its control socket (/run/ballonet/control.sock by \
+            default), which answers root and members of group ballonet only. Sizes are MiB in tables and \
+            bytes in --json output. status, top and explain read; set and set-target change what the \
+            policy aims for (set is kept across restarts of ballonet-host).
+
+            Exit status: 0 on success; 1 when ballonet-host is not running, refuses the request or \
+            the caller is not permitted; 64 on a usage error. Metrics for Prometheus are served by \
+            ballonet-host itself (metrics_address, default http://127.0.0.1:9848/metrics); see \
+            docs/OPERATING.md.
             """,
         version: BallonetVersion.software,
         subcommands: [Status.self, Top.self, Explain.self, Set.self, SetTarget.self]
@@ -186,7 +194,7 @@ public struct ControlCommand: ParsableCommand {
 
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show each VM: target, balloon, resident and reclaimed memory, and the session with its guest.")
+            abstract: "Show the host's memory state and each VM: target, balloon, resident, swapped, working set, min, max, shares, reclaimed memory, agent version and session.")
 
         @OptionGroup var socket: SocketOption
         @Flag(name: .long, help: "Print the status as JSON (sizes in bytes).")
@@ -356,11 +364,12 @@ public enum ExplanationText {
 public enum StatusTable {
     public static func render(_ status: HostStatus) -> String {
         func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20)" } ?? "-" }
-        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "WSET", "MIN", "MAX", "SHARES", "RECLAIMED", "METHOD", "STATE"]]
+        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "SWAPPED", "WSET", "MIN", "MAX", "SHARES", "RECLAIMED",
+                                 "METHOD", "AGENT", "STATE"]]
         for vm in status.vms {
-            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.workingSetEstimateBytes),
-                         mib(vm.minBytes), mib(vm.maxBytes), vm.shares.map(String.init) ?? "-", mib(vm.reclaimedBytes),
-                         vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.state])
+            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.swappedBytes),
+                         mib(vm.workingSetEstimateBytes), mib(vm.minBytes), mib(vm.maxBytes), vm.shares.map(String.init) ?? "-",
+                         mib(vm.reclaimedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.agentVersion ?? "-", vm.state])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         var text = ""
@@ -376,7 +385,7 @@ public enum StatusTable {
         for row in rows {
             let cells = row.enumerated().map { index, cell in
                 let pad = String(repeating: " ", count: widths[index] - cell.count)
-                return index == 0 || index >= 9 ? cell + pad : pad + cell
+                return index == 0 || index >= 10 ? cell + pad : pad + cell
             }
             text += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
         }
