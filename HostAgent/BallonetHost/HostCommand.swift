@@ -99,7 +99,12 @@ extension HostCommand {
             if let controlSocket { configuration.controlSocket = controlSocket }
             if let settingsFile { configuration.settingsFile = settingsFile }
             if let metricsAddress { configuration.metricsAddress = metricsAddress }
-            if let budgetMib { configuration.budgetMiB = budgetMib }
+            if let budgetMib {
+                guard budgetMib <= HostConfigurationLimits.budgetMiB.upperBound else {
+                    throw ValidationError("--budget-mib must be at most \(HostConfigurationLimits.budgetMiB.upperBound) (1 EiB)")
+                }
+                configuration.budgetMiB = budgetMib
+            }
             if let stopVmsOnExit { configuration.stopVMsOnExit = stopVmsOnExit }
             if let logLevel {
                 guard HostLogLevel(rawValue: logLevel) != nil else {
@@ -129,7 +134,14 @@ extension HostCommand {
         }
 
         public func run() async throws {
-            let configuration = try loadConfiguration()
+            var configuration = try loadConfiguration()
+            // `ballonetctl set`'s settings override host.toml before anything is decided (admission too).
+            do {
+                let saved = try VMSettingsFile.load(path: configuration.settingsFile)
+                configuration.vms = configuration.vms.map { saved[$0.name]?.applied(to: $0) ?? $0 }
+            } catch {
+                throw ValidationError("\(error)")
+            }
             let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
             LoggingSystem.bootstrap { label in
                 var handler = StreamLogHandler.standardError(label: label)

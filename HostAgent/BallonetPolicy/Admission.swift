@@ -52,7 +52,7 @@ public enum Admission {
     }
 
     public static func decide(_ request: Request, host: Host) -> Decision {
-        func mib(_ bytes: UInt64) -> UInt64 { (bytes + (1 << 20) - 1) >> 20 }
+        func mib(_ bytes: UInt64) -> UInt64 { (bytes >> 20) + (bytes & 0xFFFFF == 0 ? 0 : 1) }   // rounded up, never overflowing
         let minimum = min(request.minBytes, request.maxBytes)
         let (needed, overflow) = minimum.addingReportingOverflow(request.overheadBytes)
         let unreserved = host.memoryBytes > host.reservedBytes ? host.memoryBytes - host.reservedBytes : 0
@@ -61,7 +61,7 @@ public enum Admission {
             let short = overflow ? UInt64.max : needed - unreserved
             problems.append("its min \(mib(minimum)) MiB + overhead \(mib(request.overheadBytes)) MiB = \(overflow ? "more than" : "\(mib(needed))") MiB does not fit in the \(mib(unreserved)) MiB of host memory not reserved by other VMs (short by \(mib(short)) MiB)")
         }
-        let swapNeeded = request.maxBytes - minimum
+        let swapNeeded = request.maxBytes - minimum   // minimum ≤ maxBytes
         let swapLeft = host.swapTotalBytes > host.reservedSwapBytes ? host.swapTotalBytes - host.reservedSwapBytes : 0
         if host.requireSwap && swapNeeded > swapLeft {
             problems.append("host swap does not cover its max − min = \(mib(swapNeeded)) MiB: \(mib(swapLeft)) MiB of swap is not reserved by other VMs (short by \(mib(swapNeeded - swapLeft)) MiB; add swap, raise its min, or set require_swap = false)")

@@ -70,7 +70,8 @@ public enum ShareAllocation {
 
     /// ρ of a VM holding `pages`, in shares per page: what the explanation shows.
     public static func sharesPerPage(shares: Double, pages: Double, active: Double, idleCost k: Double) -> Double {
-        guard pages > 0 else { return .infinity }
+        // An empty allocation: ρ of its first page (finite, so explanations encode as JSON).
+        guard pages > 0 else { return shares }
         let activePages = min(active, pages)
         return shares / (activePages + k * (pages - activePages))
     }

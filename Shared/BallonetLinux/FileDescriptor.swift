@@ -25,6 +25,11 @@ public struct FileDescriptor: ~Copyable, Sendable {
         return number
     }
 
+    /// fsync(2): the file's data and metadata are on disk when this returns.
+    public func synchronize() throws(SystemCallError) {
+        _ = try systemCall("fsync", "fd \(descriptor)") { Glibc.fsync(descriptor) }
+    }
+
     /// Closes now and reports a failure, which `deinit` cannot (on some file systems close reports a
     /// write error that happened earlier).
     public consuming func close() throws(SystemCallError) {

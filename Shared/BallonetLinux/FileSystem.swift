@@ -41,16 +41,24 @@ public enum FileSystem {
         _ = try systemCall("rename", quoted(source)) { Glibc.rename(source, destination) }
     }
 
-    /// Writes `bytes` to `path` through a temporary file beside it and a rename: a crash or a full disk
-    /// leaves the old file whole.
+    /// Writes `bytes` to `path` through a temporary file beside it, synced to disk, and a rename: a crash,
+    /// a power loss or a full disk leaves the old file or the new one, whole.
     public static func replaceFile(_ path: String, _ bytes: [UInt8], permissions: UInt32) throws(SystemCallError) {
         let temporary = path + ".new"
-        try writeFile(temporary, bytes, creatingWithPermissions: permissions)
         do {
+            let file = try FileDescriptor.open(temporary, .writeOnly, options: [.create, .truncate], permissions: permissions)
+            try file.write(all: bytes)
+            try file.synchronize()
+            try file.close()
             try rename(temporary, to: path)
         } catch {
             try? removeFile(temporary)
             throw error
+        }
+        // The rename itself reaches the disk with the directory.
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+        if let handle = try? FileDescriptor.open(directory.isEmpty ? "/" : directory, .readOnly) {
+            try? handle.synchronize()
         }
     }
 

@@ -36,4 +36,12 @@ import BallonetPolicy
         let message = Admission.decide(Self.request, host: host).message
         #expect(message.contains("short by 64 MiB") && message.contains("short by 3072 MiB"))
     }
+
+    @Test func hugeFiguresAreRefusedWithoutTrapping() {
+        let huge = Admission.Request(name: "x", minBytes: .max, maxBytes: .max, overheadBytes: 1)
+        let host = Admission.Host(memoryBytes: .max, reservedBytes: 0, swapTotalBytes: .max, reservedSwapBytes: 0)
+        let decision = Admission.decide(huge, host: host)
+        #expect(!decision.isAdmitted)
+        #expect(decision.message.contains("more than"))
+    }
 }

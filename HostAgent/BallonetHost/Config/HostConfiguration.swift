@@ -113,6 +113,8 @@ public enum HostConfigurationLimits {
     public static let inflateStepMiB: ClosedRange<UInt64> = 1...65_536
     /// Up to an hour of backoff after guest pressure.
     public static let backoffSeconds: ClosedRange<UInt64> = 0...3600
+    /// A budget up to 2^40 MiB (1 EiB): any host of today, and its bytes (2^60) fit every signed sum.
+    public static let budgetMiB: ClosedRange<UInt64> = 0...(UInt64(1) << 40)
     /// Shares are relative; 1 to 10^9 leaves room for 10 per MiB of a 16 TiB VM and keeps every sum of
     /// shares exact in the policy's arithmetic.
     public static let shares: ClosedRange<UInt64> = 1...1_000_000_000
@@ -183,7 +185,7 @@ extension HostConfiguration {
                 if let value = try reader.string("control_socket") { configuration.controlSocket = value }
                 if let value = try reader.string("settings_file") { configuration.settingsFile = value }
                 if let value = try reader.string("metrics_address") { configuration.metricsAddress = value }
-                if let value = try reader.integer("budget_mib", in: 0...(UInt64(1) << 40)) { configuration.budgetMiB = value }
+                if let value = try reader.integer("budget_mib", in: HostConfigurationLimits.budgetMiB) { configuration.budgetMiB = value }
                 if let value = try reader.integer("reserve_mib", in: 0...(UInt64(1) << 40)) { configuration.reserveMiB = value }
                 if let value = try reader.integer("vm_overhead_mib", in: 0...65_536) { configuration.vmOverheadMiB = value }
                 if let value = try reader.boolean("require_swap") { configuration.requireSwap = value }

@@ -15,6 +15,21 @@ public struct VMSettings: Codable, Equatable, Sendable {
         self.maxMiB = maxMiB
     }
 
+    /// Why these settings cannot be used (the bounds host.toml has for the same keys), or nil.
+    public func problem() -> String? {
+        if let shares, !HostConfigurationLimits.shares.contains(shares) {
+            return "shares must be between \(HostConfigurationLimits.shares.lowerBound) and \(HostConfigurationLimits.shares.upperBound)"
+        }
+        if let maxMiB, !HostConfigurationLimits.memoryMiB.contains(maxMiB) {
+            return "max must be between \(HostConfigurationLimits.memoryMiB.lowerBound) and \(HostConfigurationLimits.memoryMiB.upperBound) MiB"
+        }
+        if let minMiB, minMiB > HostConfigurationLimits.memoryMiB.upperBound {
+            return "min must be at most \(HostConfigurationLimits.memoryMiB.upperBound) MiB"
+        }
+        if let minMiB, let maxMiB, minMiB > maxMiB { return "min \(minMiB) MiB is above max \(maxMiB) MiB" }
+        return nil
+    }
+
     /// `configuration` with these settings over it.
     public func applied(to configuration: VMConfiguration) -> VMConfiguration {
         var result = configuration
@@ -39,11 +54,16 @@ public enum VMSettingsFile {
             if error.errno == .ENOENT { return [:] }
             throw ControlError("cannot read the VM settings file \(path): \(error)")
         }
+        let settings: [String: VMSettings]
         do {
-            return try JSONDecoder().decode([String: VMSettings].self, from: Data(bytes))
+            settings = try JSONDecoder().decode([String: VMSettings].self, from: Data(bytes))
         } catch {
             throw ControlError("the VM settings file \(path) is not what ballonetctl set writes (\(error)); fix or remove it")
         }
+        for (name, entry) in settings {
+            if let problem = entry.problem() { throw ControlError("the VM settings file \(path), VM \(name): \(problem); fix or remove it") }
+        }
+        return settings
     }
 
     /// Writes all settings to `path` (atomically), making its directory if needed.

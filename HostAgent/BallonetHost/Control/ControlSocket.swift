@@ -69,13 +69,18 @@ final class ControlServer {
         let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
         if !directory.isEmpty { try FileSystem.makeDirectory(directory, permissions: 0o755, orExisting: true) }
         listener = SharedDescriptor(try UnixSocket.listen(at: path, replacingStaleSocket: true))
-        allowedGroup = ProcessControl.groupID(named: Self.groupName)
-        if let group = allowedGroup {
-            try FileSystem.setGroup(path, group)
-            try FileSystem.setPermissions(path, 0o660)
-        } else {
-            try FileSystem.setPermissions(path, 0o600)
+        var group = ProcessControl.groupID(named: Self.groupName)
+        if let gid = group {
+            do {
+                try FileSystem.setGroup(path, gid)
+            } catch {
+                // A daemon not running as root, and not in the group, cannot hand the socket to it.
+                logger.warning("control socket stays owner-only: cannot give it to group \(Self.groupName): \(error)")
+                group = nil
+            }
         }
+        allowedGroup = group
+        try FileSystem.setPermissions(path, group == nil ? 0o600 : 0o660)
     }
 
     /// Whether the peer may use the socket: root, our own user, or a member of `ballonet`.

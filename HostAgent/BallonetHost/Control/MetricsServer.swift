@@ -5,10 +5,10 @@ public enum MetricsLimits {
     /// A scrape is a request line and a few headers (Prometheus sends about 300 bytes): 8 KiB is ample, and
     /// a client cannot make the daemon buffer more. A longer head is answered 400.
     public static let maximumRequestBytes = 8192
-    /// A client gets this long to send its request head. The engine's one thread serves the VMs and the
-    /// control socket too, and waits here meanwhile, so it must be short.
+    /// A client gets this long to send its request head. The metrics thread serves one client at a time,
+    /// so a client that stalls must not keep the next scrape waiting long.
     public static let requestTimeout: Duration = .milliseconds(500)
-    /// And this long to take the response: a client that does not read must not hold the engine either.
+    /// And this long to take the response: a client that does not read must not hold the thread either.
     public static let responseTimeout: Duration = .milliseconds(500)
     /// After answering a request the server did not read to the end (a head too long, bytes after it), it
     /// reads and discards what else arrives for this long before closing: closing a socket with unread
@@ -23,7 +23,8 @@ public struct MetricsError: Error, CustomStringConvertible {
 }
 
 /// The daemon's Prometheus endpoint: HTTP/1.1 on an IPv4 loopback address, one request per connection,
-/// served one connection at a time from the engine's poll loop like the control socket (`ControlServer`).
+/// served one connection at a time by a thread of its own (`HostEngine` starts it), from the page the engine
+/// renders each round, so no client can hold the engine's loop.
 ///
 /// It answers `GET /metrics` (and `GET /`, and HEAD for both) with `PrometheusText`; anything else gets an
 /// error status. It has no authentication, so it refuses to listen anywhere but on loopback.

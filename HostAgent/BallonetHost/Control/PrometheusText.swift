@@ -43,7 +43,7 @@ public enum PrometheusText {
                               states.map { Sample(labels: [("state", $0)], value: .integer($0 == state ? 1 : 0)) })
         }
         exposition.family("ballonet_host_free_ratio", .gauge,
-                          "Free memory as a fraction of the host's memory (or of the budget), 0 to 1.",
+                          "Free memory as a fraction of the host's memory (or of the budget; negative when VMs hold more than it).",
                           status.freePercent.map { [Sample(value: .real($0 / 100))] } ?? [])
         exposition.family("ballonet_host_memory_for_vms_bytes", .gauge, "M: the memory the policy shares out among VMs.",
                           status.memoryForVMsBytes.map { [Sample(value: .integer($0))] } ?? [])

@@ -62,9 +62,13 @@ public final class HostEngine: @unchecked Sendable {
 
     /// Sets the VMs up, says READY to systemd, and runs until `requestStop`.
     public func run(onReady: () -> Void = {}) throws {
+        // What can fail without side effects comes first: nothing is started when the settings file is
+        // bad or the metrics port is taken.
+        settings = try VMSettingsFile.load(path: configuration.settingsFile)
+        control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
+        let metricsServer = configuration.metricsAddress.isEmpty ? nil : try MetricsServer(address: configuration.metricsAddress, logger: logger)
         let endpoints = try inventory.endpoints(logger: logger)
         refused = inventory.refused
-        settings = try VMSettingsFile.load(path: configuration.settingsFile)
         for endpoint in endpoints {
             var configuration = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
             if let saved = settings[endpoint.name] {
@@ -75,9 +79,7 @@ public final class HostEngine: @unchecked Sendable {
             vms.append(VMRuntime(configuration: configuration, endpoint: endpoint, steering: self.configuration.steering,
                                  estimator: self.configuration.policy.estimator, logger: logger))
         }
-        control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
-        if !configuration.metricsAddress.isEmpty {
-            let server = try MetricsServer(address: configuration.metricsAddress, logger: logger)
+        if let server = metricsServer {
             metrics = server
             metricsPage.update(PrometheusText.render(status()))
             let page = metricsPage, done = metricsThreadDone
@@ -158,7 +160,8 @@ public final class HostEngine: @unchecked Sendable {
         if configuration.budgetMiB > 0 {
             let budget = configuration.budgetMiB << 20
             let held = participants.reduce(UInt64(0)) { $0 + ($1.account.backingFileBytes ?? $1.account.residentBytes) }
-            return (budget, Int64(budget) - Int64(min(held, UInt64(Int64.max))), budget)
+            // Both at most 2^63 − 1, so the difference cannot overflow.
+            return (budget, Int64(clamping: budget) - Int64(clamping: held), budget)
         }
         guard let meminfo = try? ProcFiles.meminfo() else { return nil }
         let reserved = (configuration.reserveMiB + configuration.vmOverheadMiB * UInt64(participants.count)) << 20
@@ -174,7 +177,8 @@ public final class HostEngine: @unchecked Sendable {
             let ram = vm.account.memoryBytes
             let maxBytes = min(vm.configuration.maxMiB.map { $0 << 20 } ?? ram, ram)
             let fresh = vm.lastSampleMillis.map {
-                nowMillis - $0 <= Self.estimateLifetimeMillis(samplePeriodMillis: UInt64(vm.account.guestSamplePeriodMillis ?? 10_000))
+                nowMillis - $0 <= Self.estimateLifetimeMillis(samplePeriodMillis: min(max(UInt64(vm.account.guestSamplePeriodMillis ?? 10_000),
+                    GuestInputLimits.samplePeriodMillis.lowerBound), GuestInputLimits.samplePeriodMillis.upperBound))
             } ?? false
             return MemoryPolicy.VM(name: vm.endpoint.name, shares: vm.configuration.effectiveShares(maxBytes: maxBytes),
                                    minBytes: vm.configuration.minMiB << 20, maxBytes: maxBytes,
@@ -293,8 +297,8 @@ public final class HostEngine: @unchecked Sendable {
         if let maximum = request.maxMiB { saved.maxMiB = maximum }
         let updated = saved.applied(to: vm.configuration)
         let ramMiB = vm.account.memoryBytes >> 20
-        if let shares = updated.shares, !HostConfigurationLimits.shares.contains(shares) {
-            return ControlResponse(ok: false, error: "shares must be between \(HostConfigurationLimits.shares.lowerBound) and \(HostConfigurationLimits.shares.upperBound)")
+        if let problem = VMSettings(shares: updated.shares, minMiB: updated.minMiB, maxMiB: updated.maxMiB).problem() {
+            return ControlResponse(ok: false, error: problem)
         }
         let maximum = updated.maxMiB ?? ramMiB
         if let maxMiB = updated.maxMiB, ramMiB > 0, maxMiB > ramMiB {

@@ -199,8 +199,11 @@ struct AdmissionLedger {
     /// `memoryMiB`: the VM's RAM; nil for an attached VM whose RAM is not known yet (its min is reserved).
     func request(_ vm: VMConfiguration, memoryMiB: UInt64?) -> Admission.Request {
         let maximum = min(vm.maxMiB ?? memoryMiB ?? vm.minMiB, memoryMiB ?? .max)
+        // A budget is memory for guest RAM alone (the policy measures VMs against it by resident guest
+        // RAM), so QEMU's overhead is charged only against host RAM.
+        let overhead = configuration.budgetMiB > 0 ? 0 : configuration.vmOverheadMiB << 20
         return Admission.Request(name: vm.name, minBytes: min(vm.minMiB, maximum) << 20, maxBytes: maximum << 20,
-                                 overheadBytes: configuration.vmOverheadMiB << 20)
+                                 overheadBytes: overhead)
     }
 
     func decide(_ vm: VMConfiguration, memoryMiB: UInt64) -> Admission.Decision {
