@@ -106,9 +106,13 @@ final class ControlServer {
                 throw ControlError("permission denied: the control socket answers root and members of group \(Self.groupName) only (uid \(credentials.userID) asked)")
             }
             var buffer: [UInt8] = []
+            // One deadline for the whole request: a client sending a byte at a time cannot hold the loop
+            // longer than one timeout.
+            let deadline = MonotonicInstant.now().advanced(by: ControlLimits.requestTimeout)
             while !buffer.contains(UInt8(ascii: "\n")) {
                 guard buffer.count <= ControlLimits.maximumRequestBytes else { throw ControlError("request longer than \(ControlLimits.maximumRequestBytes) bytes") }
-                guard try !connection.poll(for: .readable, timeout: ControlLimits.requestTimeout).isEmpty else {
+                let left = deadline - MonotonicInstant.now()
+                guard left > .zero, try !connection.poll(for: .readable, timeout: left).isEmpty else {
                     throw ControlError("no request within \(ControlLimits.requestTimeout)")
                 }
                 let bytes = try connection.receive(upTo: ControlLimits.maximumRequestBytes)
