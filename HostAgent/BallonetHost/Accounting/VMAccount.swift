@@ -39,8 +39,6 @@ public struct VMAccount: Codable, Equatable, Sendable {
     public var minBytes: UInt64?
     public var maxBytes: UInt64?
     public var guestStatsSequence: UInt64?
-    /// The period the guest's last sample covered.
-    public var guestSamplePeriodMillis: UInt32?
     public var agentVersion: String?
     public var sessions: UInt64 = 0
     public var batchesReclaimed: UInt64 = 0
@@ -66,7 +64,6 @@ public struct VMAccount: Codable, Equatable, Sendable {
     /// Takes the figures of a stats sample (guest input: saturating arithmetic throughout).
     public mutating func record(_ sample: StatsSample) {
         guestStatsSequence = sample.sequence
-        guestSamplePeriodMillis = sample.periodMillis
         if let total = sample[.memTotal], let available = sample[.memAvailable] {
             let balloon = sample[.balloonPages] ?? 0
             let (kept, overflow) = available.addingReportingOverflow(balloon)

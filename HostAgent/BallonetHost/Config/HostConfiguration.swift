@@ -174,7 +174,7 @@ extension HostConfiguration {
                 let message = table.name == "vm" ? "write each VM as [[vm]] (one per VM)" : "write [\(table.name)] once, not as [[\(table.name)]]"
                 throw ConfigurationError(path: path, line: table.line, kind: .unknownTable, message: message)
             }
-            var reader = TableReader(path: path, table: table)
+            let reader = TOMLTableReader(path: path, table: table)
             for entry in table.entries where !known.keys.contains(entry.key) {
                 throw ConfigurationError(path: path, line: entry.line, kind: .unknownKey,
                                          message: "unknown key \"\(entry.key)\" in [\(table.name)]; known keys: \(known.keys.joined(separator: ", "))")
@@ -232,50 +232,13 @@ public enum HostLogLevel: String, CaseIterable, Sendable {
     case trace, debug, info, notice, warning, error, critical
 }
 
-private struct TableReader {
-    let path: String
-    let table: TOMLTable
-
-    func entry(_ key: String) -> TOMLEntry? { table.entries.first { $0.key == key } }
-
-    func wrongType(_ entry: TOMLEntry, _ expected: String) -> ConfigurationError {
-        ConfigurationError(path: path, line: entry.line, kind: .wrongType,
-                           message: "\"\(entry.key)\" in [\(table.name)] must be \(expected), found \(entry.value.typeDescription)")
-    }
-
-    func outOfRange(_ key: String, _ accepted: String) -> ConfigurationError {
-        ConfigurationError(path: path, line: entry(key)?.line ?? table.line, kind: .outOfRange,
-                           message: "\"\(key)\" in [\(table.name)] must be \(accepted)")
-    }
-
-    func string(_ key: String) throws(ConfigurationError) -> String? {
-        guard let entry = entry(key) else { return nil }
-        guard case .string(let value) = entry.value else { throw wrongType(entry, "a string") }
-        return value
-    }
-
-    func boolean(_ key: String) throws(ConfigurationError) -> Bool? {
-        guard let entry = entry(key) else { return nil }
-        guard case .boolean(let value) = entry.value else { throw wrongType(entry, "true or false") }
-        return value
-    }
-
-    func integer(_ key: String, in range: ClosedRange<UInt64>) throws(ConfigurationError) -> UInt64? {
-        guard let entry = entry(key) else { return nil }
-        guard case .integer(let value) = entry.value else { throw wrongType(entry, "an integer") }
-        guard value >= 0, range.contains(UInt64(value)) else {
-            throw outOfRange(key, "between \(range.lowerBound) and \(range.upperBound)")
-        }
-        return UInt64(value)
-    }
-
+/// The `[[vm]]` table of host.toml.
+private extension TOMLTableReader {
     func vm(existing: [VMConfiguration]) throws(ConfigurationError) -> VMConfiguration {
         guard let name = try string("name") else {
             throw ConfigurationError(path: path, line: table.line, kind: .outOfRange, message: "a [[vm]] needs a name")
         }
-        guard !name.isEmpty, name.utf8.count <= HostConfigurationLimits.maximumNameBytes,
-              name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || $0 == 0x2d || $0 == 0x5f || $0 == 0x2e }),
-              name.first != "." else {
+        guard Self.isPlainName(name, maximumBytes: HostConfigurationLimits.maximumNameBytes) else {
             throw outOfRange("name", "1–64 letters, digits, '-', '_' or '.' (not starting with '.')")
         }
         if existing.contains(where: { $0.name == name }) {

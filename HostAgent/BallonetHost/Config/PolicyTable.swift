@@ -15,31 +15,13 @@ public enum PolicyTable {
 
     /// Reads `table` over `parameters`; unknown keys are the caller's to refuse (its list is `keys`).
     public static func read(_ table: TOMLTable, path: String, into parameters: inout PolicyParameters) throws(ConfigurationError) {
-        func entry(_ key: String) -> TOMLEntry? { table.entries.first { $0.key == key } }
+        let reader = TOMLTableReader(path: path, table: table)
+        // As this table has always said its bounds: "between 0.0 and 0.99".
         func number(_ key: String, in range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
-            guard let entry = entry(key) else { return nil }
-            let value: Double
-            switch entry.value {
-            case .integer(let integer): value = Double(integer)
-            case .float(let float): value = float
-            default:
-                throw ConfigurationError(path: path, line: entry.line, kind: .wrongType,
-                                         message: "\"\(key)\" in [\(table.name)] must be a number, found \(entry.value.typeDescription)")
-            }
-            guard range.contains(value) else {
-                throw ConfigurationError(path: path, line: entry.line, kind: .outOfRange,
-                                         message: "\"\(key)\" in [\(table.name)] must be between \(range.lowerBound) and \(range.upperBound)")
-            }
-            return value
+            try reader.number(key, in: range, showingBounds: { "\($0)" })
         }
         if let value = try number("idle_tax", in: 0...PolicyParameters.maximumIdleTaxRate) { parameters.idleTaxRate = value }
-        if let entry = entry("trimming") {
-            guard case .boolean(let on) = entry.value else {
-                throw ConfigurationError(path: path, line: entry.line, kind: .wrongType,
-                                         message: "\"trimming\" in [\(table.name)] must be true or false, found \(entry.value.typeDescription)")
-            }
-            parameters.trimming.enabled = on
-        }
+        if let on = try reader.boolean("trimming") { parameters.trimming.enabled = on }
         if let value = try number("trim_buffer_percent", in: 0...1000) { parameters.trimming.bufferPercent = value }
         if let value = try number("trim_minimum_buffer_mib", in: 0...1_048_576) { parameters.trimming.minimumBufferBytes = UInt64(value * 1_048_576) & ~4095 }
         // 0 means no limit: a limit of nothing would freeze every target.

@@ -151,10 +151,6 @@ public final class HostEngine: @unchecked Sendable {
         }
     }
 
-    /// How long a working-set estimate stays good without a new sample: three of the guest's periods, at
-    /// least 30 s. After that the VM counts as fully active (not trimmed) until samples come again.
-    static func estimateLifetimeMillis(samplePeriodMillis: UInt64) -> UInt64 { max(3 * samplePeriodMillis, 30_000) }
-
     /// The memory for VMs, free memory and its total, from the budget or from the host's /proc/meminfo.
     func hostMemory(participants: [VMRuntime]) -> (memoryForVMs: UInt64, free: Int64, total: UInt64)? {
         if configuration.budgetMiB > 0 {
@@ -176,10 +172,7 @@ public final class HostEngine: @unchecked Sendable {
         let inputs = participants.map { vm -> MemoryPolicy.VM in
             let ram = vm.account.memoryBytes
             let maxBytes = min(vm.configuration.maxMiB.map { $0 << 20 } ?? ram, ram)
-            let fresh = vm.lastSampleMillis.map {
-                nowMillis - $0 <= Self.estimateLifetimeMillis(samplePeriodMillis: min(max(UInt64(vm.account.guestSamplePeriodMillis ?? 10_000),
-                    GuestInputLimits.samplePeriodMillis.lowerBound), GuestInputLimits.samplePeriodMillis.upperBound))
-            } ?? false
+            let fresh = nowMillis <= vm.estimateFreshUntilMillis
             return MemoryPolicy.VM(name: vm.endpoint.name, shares: vm.configuration.effectiveShares(maxBytes: maxBytes),
                                    minBytes: vm.configuration.minMiB << 20, maxBytes: maxBytes,
                                    fixedTargetBytes: vm.commandedTargetBytes ?? vm.configuration.targetMiB.map { $0 << 20 },

@@ -16,8 +16,8 @@ final class VMRuntime {
     var commandedTargetBytes: UInt64?
     /// The working-set estimate from the guest's samples (the host's own sampler joins it later).
     var estimator: WorkingSetEstimator
-    /// When the last sample arrived (engine clock), to drop an estimate nobody refreshes.
-    var lastSampleMillis: UInt64?
+    /// Until when (engine clock) the estimate counts: an estimate nobody refreshes is dropped.
+    var estimateFreshUntilMillis: UInt64 = 0
     /// The policy has decided a target for this VM (its previous target is `account.targetBytes`).
     var hasPolicyTarget = false
     var explanation: MemoryPolicy.Explanation?
@@ -254,7 +254,7 @@ final class VMRuntime {
                     let period = min(max(UInt64(sample.periodMillis), GuestInputLimits.samplePeriodMillis.lowerBound),
                                      GuestInputLimits.samplePeriodMillis.upperBound)
                     estimator.observe(activeBytes: min(active, account.memoryBytes), elapsedMillis: period)
-                    lastSampleMillis = nowMillis
+                    estimateFreshUntilMillis = nowMillis + RuntimeTiming.estimateLifetimeMillis(samplePeriodMillis: period)
                     account.workingSetEstimateBytes = estimator.estimateBytes
                 }
             case .refused(let why):
@@ -332,6 +332,9 @@ enum RuntimeTiming {
     static let reconnectMaxMillis: UInt64 = 30_000
     /// How long the host waits for a guest's hello before saying hello again.
     static let helloRepeatMillis: UInt64 = 5_000
+    /// How long a working-set estimate stays good without a new sample: three of the guest's periods, at
+    /// least 30 s. After that the VM counts as fully active (not trimmed) until samples come again.
+    static func estimateLifetimeMillis(samplePeriodMillis: UInt64) -> UInt64 { max(3 * samplePeriodMillis, 30_000) }
     /// One read from a port: a few frames' worth; the loop comes back for more.
     static let readChunkBytes = 256 << 10
 }

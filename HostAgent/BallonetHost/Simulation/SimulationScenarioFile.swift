@@ -119,7 +119,7 @@ public enum SimulationScenarioFile {
             }
             for entry in table.entries where !known.keys.contains(entry.key) {
                 throw ConfigurationError(path: path, line: entry.line, kind: .unknownKey,
-                                         message: "unknown key \"\(entry.key)\" in \(ScenarioTableReader.place(table)); known keys: \(known.keys.joined(separator: ", "))")
+                                         message: "unknown key \"\(entry.key)\" in \(TOMLTableReader.place(table)); known keys: \(known.keys.joined(separator: ", "))")
             }
         }
 
@@ -128,7 +128,7 @@ public enum SimulationScenarioFile {
             throw ConfigurationError(path: path, line: 0, kind: .outOfRange,
                                      message: "a scenario needs a [simulation] table with duration_seconds, host_memory_mib and host_use_mib")
         }
-        let simulation = ScenarioTableReader(path: path, table: simulationTable)
+        let simulation = TOMLTableReader(path: path, table: simulationTable)
         let name = try simulation.name("name") ?? defaultName(path: path)
         guard let duration = try simulation.seconds("duration_seconds", in: SimulationScenarioLimits.durationSeconds) else {
             throw simulation.missing("duration_seconds", "how long the run is")
@@ -140,13 +140,13 @@ public enum SimulationScenarioFile {
             throw simulation.missing("host_use_mib", "what the host itself uses, MiB")
         }
         guard hostUseMiB < hostMemoryMiB else {
-            throw simulation.outOfRange("host_use_mib", "below host_memory_mib (\(show(hostMemoryMiB)))", found: hostUseMiB)
+            throw simulation.outOfRange("host_use_mib", "below host_memory_mib (\(TOMLTableReader.show(hostMemoryMiB)))", found: hostUseMiB)
         }
         var scenario = PolicySimulation.Scenario(name: name, durationMillis: millis(duration),
                                                  hostMemoryBytes: bytes(mib: hostMemoryMiB), hostUseBytes: bytes(mib: hostUseMiB),
                                                  vms: [])
         if let step = try simulation.seconds("step_seconds", in: SimulationScenarioLimits.stepSeconds) {
-            guard step <= duration else { throw simulation.outOfRange("step_seconds", "at most duration_seconds (\(show(duration)))", found: step) }
+            guard step <= duration else { throw simulation.outOfRange("step_seconds", "at most duration_seconds (\(TOMLTableReader.show(duration)))", found: step) }
             scenario.stepMillis = max(millis(step), 1)
         }
         if let sample = try simulation.seconds("sample_seconds", in: SimulationScenarioLimits.sampleSeconds) {
@@ -177,7 +177,7 @@ public enum SimulationScenarioFile {
                                      message: "more than \(SimulationScenarioLimits.maximumVMs) [[vm]] tables")
         }
         for table in vmTables {
-            scenario.vms.append(try ScenarioTableReader(path: path, table: table).vm(existing: scenario.vms, durationMillis: scenario.durationMillis))
+            scenario.vms.append(try TOMLTableReader(path: path, table: table).vm(existing: scenario.vms, durationMillis: scenario.durationMillis))
         }
         let steps = scenario.durationMillis / scenario.stepMillis + 1
         let (vmSteps, overflow) = steps.multipliedReportingOverflow(by: UInt64(scenario.vms.count))
@@ -193,10 +193,10 @@ public enum SimulationScenarioFile {
                                      message: "more than \(SimulationScenarioLimits.maximumEvents) [[event]] tables")
         }
         for table in eventTables {
-            let event = try ScenarioTableReader(path: path, table: table).event(vms: scenario.vms, durationMillis: scenario.durationMillis)
+            let event = try TOMLTableReader(path: path, table: table).event(vms: scenario.vms, durationMillis: scenario.durationMillis)
             if let previous = scenario.events.last, event.atMillis < previous.atMillis {
-                throw ScenarioTableReader(path: path, table: table).outOfRange(
-                    "at_seconds", "at or after the previous event's (\(show(Double(previous.atMillis) / 1000)) s): events come in time order",
+                throw TOMLTableReader(path: path, table: table).outOfRange(
+                    "at_seconds", "at or after the previous event's (\(TOMLTableReader.show(Double(previous.atMillis) / 1000)) s): events come in time order",
                     found: Double(event.atMillis) / 1000)
             }
             scenario.events.append(event)
@@ -207,11 +207,6 @@ public enum SimulationScenarioFile {
     static func millis(_ seconds: Double) -> UInt64 { UInt64((seconds * 1000).rounded()) }
     static func bytes(mib: Double) -> UInt64 { UInt64((mib * 1_048_576).rounded()) }
 
-    /// A number as a person writes it: 7, 0.75, 1.5.
-    static func show(_ value: Double) -> String {
-        if value == value.rounded(), abs(value) < 1e15 { return String(Int64(value)) }
-        return String(value)
-    }
 }
 
 /// The bounds on what a scenario file may say, each with its reason.
@@ -245,69 +240,8 @@ public enum SimulationScenarioLimits {
     public static let maximumNameBytes = 64
 }
 
-private struct ScenarioTableReader {
-    let path: String
-    let table: TOMLTable
-
-    static func place(_ table: TOMLTable) -> String {
-        table.isArrayElement ? "[[\(table.name)]]" : "[\(table.name)]"
-    }
-
-    var place: String { Self.place(table) }
-
-    func entry(_ key: String) -> TOMLEntry? { table.entries.first { $0.key == key } }
-
-    func wrongType(_ entry: TOMLEntry, _ expected: String) -> ConfigurationError {
-        ConfigurationError(path: path, line: entry.line, kind: .wrongType,
-                           message: "\"\(entry.key)\" in \(place) must be \(expected), found \(entry.value.typeDescription)")
-    }
-
-    func outOfRange(_ key: String, _ accepted: String, found: Double? = nil) -> ConfigurationError {
-        ConfigurationError(path: path, line: entry(key)?.line ?? table.line, kind: .outOfRange,
-                           message: "\"\(key)\" in \(place) must be \(accepted)" + (found.map { ", found \(SimulationScenarioFile.show($0))" } ?? ""))
-    }
-
-    func missing(_ key: String, _ what: String) -> ConfigurationError {
-        ConfigurationError(path: path, line: table.line, kind: .outOfRange, message: "\(place) needs \(key) (\(what))")
-    }
-
-    func string(_ key: String) throws(ConfigurationError) -> String? {
-        guard let entry = entry(key) else { return nil }
-        guard case .string(let value) = entry.value else { throw wrongType(entry, "a string") }
-        return value
-    }
-
-    func boolean(_ key: String) throws(ConfigurationError) -> Bool? {
-        guard let entry = entry(key) else { return nil }
-        guard case .boolean(let value) = entry.value else { throw wrongType(entry, "true or false") }
-        return value
-    }
-
-    func integer(_ key: String, in range: ClosedRange<UInt64>) throws(ConfigurationError) -> UInt64? {
-        guard let entry = entry(key) else { return nil }
-        guard case .integer(let value) = entry.value else { throw wrongType(entry, "an integer") }
-        guard value >= 0, range.contains(UInt64(value)) else {
-            throw outOfRange(key, "between \(range.lowerBound) and \(range.upperBound)", found: Double(value))
-        }
-        return UInt64(value)
-    }
-
-    /// An integer or a float.
-    func number(_ key: String, in range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
-        guard let entry = entry(key) else { return nil }
-        let value: Double
-        switch entry.value {
-        case .integer(let integer): value = Double(integer)
-        case .float(let float): value = float
-        default: throw wrongType(entry, "a number")
-        }
-        guard range.contains(value) else {
-            throw outOfRange(key, "between \(SimulationScenarioFile.show(range.lowerBound)) and \(SimulationScenarioFile.show(range.upperBound))",
-                             found: value)
-        }
-        return value
-    }
-
+/// The tables of a scenario file beyond what every table reader has.
+private extension TOMLTableReader {
     func seconds(_ key: String, in range: ClosedRange<Double>) throws(ConfigurationError) -> Double? {
         try number(key, in: range)
     }
@@ -315,9 +249,7 @@ private struct ScenarioTableReader {
     /// A name that becomes a file name or a CSV column prefix.
     func name(_ key: String) throws(ConfigurationError) -> String? {
         guard let name = try string(key) else { return nil }
-        guard !name.isEmpty, name.utf8.count <= SimulationScenarioLimits.maximumNameBytes,
-              name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7a) || $0 == 0x2d || $0 == 0x5f || $0 == 0x2e }),
-              name.first != "." else {
+        guard Self.isPlainName(name, maximumBytes: SimulationScenarioLimits.maximumNameBytes) else {
             throw outOfRange(key, "1–\(SimulationScenarioLimits.maximumNameBytes) letters, digits, '-', '_' or '.' (not starting with '.'), found \"\(name)\"")
         }
         return name
@@ -332,13 +264,13 @@ private struct ScenarioTableReader {
         }
         guard let maxMiB = try number("max_mib", in: SimulationScenarioLimits.vmMemoryMiB) else { throw missing("max_mib", "its RAM, MiB") }
         let minMiB = try number("min_mib", in: 0...SimulationScenarioLimits.vmMemoryMiB.upperBound) ?? 0
-        guard minMiB <= maxMiB else { throw outOfRange("min_mib", "at most max_mib (\(SimulationScenarioFile.show(maxMiB)))", found: minMiB) }
+        guard minMiB <= maxMiB else { throw outOfRange("min_mib", "at most max_mib (\(TOMLTableReader.show(maxMiB)))", found: minMiB) }
         let shares = try integer("shares", in: SimulationScenarioLimits.shares) ?? 1000
         let duration = Double(durationMillis) / 1000
         let start = try seconds("start_seconds", in: 0...duration) ?? 0
         let stop = try seconds("stop_seconds", in: 0...duration)
         if let stop, stop <= start {
-            throw outOfRange("stop_seconds", "after start_seconds (\(SimulationScenarioFile.show(start)))", found: stop)
+            throw outOfRange("stop_seconds", "after start_seconds (\(TOMLTableReader.show(start)))", found: stop)
         }
         guard let workingSet = try curve("working_set", maxMiB: maxMiB, durationMillis: durationMillis) else {
             throw missing("working_set", "a curve of \"seconds:MiB\" points")
@@ -367,13 +299,13 @@ private struct ScenarioTableReader {
             }
             let millis = SimulationScenarioFile.millis(seconds)
             guard seconds <= Double(durationMillis) / 1000 else {
-                throw outOfRange(key, "a curve within the run, but \"\(word)\" is after its end (duration_seconds = \(SimulationScenarioFile.show(Double(durationMillis) / 1000)))")
+                throw outOfRange(key, "a curve within the run, but \"\(word)\" is after its end (duration_seconds = \(TOMLTableReader.show(Double(durationMillis) / 1000)))")
             }
             guard mib <= maxMiB else {
-                throw outOfRange(key, "a curve of at most max_mib (\(SimulationScenarioFile.show(maxMiB))) MiB, but \"\(word)\" is more")
+                throw outOfRange(key, "a curve of at most max_mib (\(TOMLTableReader.show(maxMiB))) MiB, but \"\(word)\" is more")
             }
             if let last = points.last, millis <= last.millis {
-                throw outOfRange(key, "a curve with its times ascending, but \"\(word)\" does not come after \(SimulationScenarioFile.show(Double(last.millis) / 1000)) s")
+                throw outOfRange(key, "a curve with its times ascending, but \"\(word)\" does not come after \(TOMLTableReader.show(Double(last.millis) / 1000)) s")
             }
             points.append((millis, SimulationScenarioFile.bytes(mib: mib)))
         }
