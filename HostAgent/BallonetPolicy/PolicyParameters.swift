@@ -10,6 +10,7 @@ public struct PolicyParameters: Equatable, Sendable {
     public var thresholds = FreeMemoryThresholds()
     public var changeLimit = ChangeLimit()
     public var trimming = Trimming()
+    public var swap = SwapSettings()
 
     /// At τ = 1, k = 1/(1−τ) is infinite and an idle page costs infinitely many shares; 0.99 (k = 100)
     /// is already "take nearly all idle memory".

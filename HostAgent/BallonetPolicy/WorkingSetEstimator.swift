@@ -46,6 +46,32 @@ public struct WorkingSetEstimator: Equatable, Sendable {
     }
 }
 
+/// How the host's two working-set estimates of a VM make the one the policy uses.
+///
+/// - The host's sampler (`IdlePageSampler`: accessed bits of QEMU's guest-RAM mapping, cleared and read
+///   back each period) sees every page the guest touched in the period, with or without a guest agent,
+///   and nothing it did not touch: memory the guest keeps but reads rarely (a database's cold cache, a
+///   kernel's slab) looks idle.
+/// - The guest agent's sample (its kernel's active LRU lists and the memory outside them) sees what the
+///   guest's kernel would keep under pressure, aged over minutes; it does not exist without the agent and
+///   is guest input (bounded, but a hostile guest may claim it is busy, which only keeps its own memory).
+///
+/// The rule: the larger of the two estimates that are fresh. Each source misses what the other sees, and
+/// the policy's error is asymmetric: trimming a guest below what it uses costs it swap storms, while
+/// trimming it less costs the host only memory the state machine can still take when memory is short
+/// (allocations from soft down do not depend on the estimate beyond the idle tax). A VM with neither is
+/// counted fully active.
+public enum WorkingSetSources {
+    public static func combined(host: UInt64?, guest: UInt64?) -> UInt64? {
+        switch (host, guest) {
+        case let (host?, guest?): max(host, guest)
+        case let (host?, nil): host
+        case let (nil, guest?): guest
+        case (nil, nil): nil
+        }
+    }
+}
+
 /// 2^x for the estimator's gains, without Foundation (this module has no dependencies).
 func exp2(_ x: Double) -> Double {
     // 2^x = 2^i · 2^f with i integral and f in [0, 1); 2^f from its Taylor series in f·ln 2, which converges

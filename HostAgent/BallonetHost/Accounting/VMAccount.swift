@@ -32,8 +32,27 @@ public struct VMAccount: Codable, Equatable, Sendable {
     /// stops there.
     public var guestUnreclaimableBytes: UInt64?
     public var guestWorkingSetBytes: UInt64?
-    /// The policy's working-set estimate (`WorkingSetEstimator` over the guest's samples).
+    /// The policy's working-set estimate: the larger of the host's and the guest's (`WorkingSetSources`).
     public var workingSetEstimateBytes: UInt64?
+    /// The two estimates it comes from: the host sampler's (accessed bits of QEMU's guest RAM) and the
+    /// guest agent's (its samples), nil while a source has none or its estimate went stale.
+    public var hostWorkingSetEstimateBytes: UInt64?
+    public var guestWorkingSetEstimateBytes: UInt64?
+    /// The host sampler's last sample: guest RAM referenced during its last period, and the period.
+    public var hostReferencedBytes: UInt64?
+    public var samplingPeriodMillis: UInt64?
+    /// What the last sample cost the host agent (clear_refs and the smaps read), microseconds.
+    public var samplingCostMicros: UInt64?
+    /// How the host swaps this VM when ballooning cannot ("cgroup v1 (…)", "pageout of random 2 MiB
+    /// ranges"), nil when it does not.
+    public var swapMechanism: String?
+    /// The limit on resident guest RAM in force, nil for none, and why it is what it is.
+    public var swapLimitBytes: UInt64?
+    public var swapReason: String?
+    /// Bytes paged out by the pageout mechanism since the agent started.
+    public var pagedOutBytes: UInt64 = 0
+    /// Paused by the host in the low state (QMP stop), to be resumed when memory recovers.
+    public var paused: Bool = false
     /// The policy's inputs for this VM.
     public var shares: UInt64?
     public var minBytes: UInt64?
@@ -139,6 +158,11 @@ public struct HostStatus: Codable, Equatable, Sendable {
     public var idleTaxRate: Double?
     /// The policy's warning when the VMs' mins do not fit.
     public var warning: String?
+    /// Host swap, total and free, bytes: hypervisor swapping needs it.
+    public var swapTotalBytes: UInt64?
+    public var swapFreeBytes: UInt64?
+    /// How the host samples idle guest pages, and what else its kernel offers.
+    public var sampling: String?
     /// Where Prometheus metrics are served ("127.0.0.1:9848"), nil when they are off.
     public var metricsAddress: String?
     public var vms: [VMAccount]

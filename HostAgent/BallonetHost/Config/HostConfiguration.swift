@@ -48,6 +48,8 @@ public struct VMConfiguration: Equatable, Sendable {
     /// Its shares; nil: 10 per MiB of its max (as vSphere's "normal"), so VMs of different sizes with
     /// default shares lose the same fraction of their memory under pressure, not the same amount.
     public var shares: UInt64?
+    /// How the host may swap this VM when ballooning cannot deliver (`SwapMode`).
+    public var swap: SwapMode = .auto
 
     /// The shares the policy uses for a VM whose max is `maxBytes`.
     public func effectiveShares(maxBytes: UInt64) -> UInt64 { shares ?? max(1, (maxBytes >> 20) * 10) }
@@ -88,6 +90,10 @@ public struct HostConfiguration: Equatable, Sendable {
     public var stopVMsOnExit = false
     public var logLevel = "info"
     public var steering = BalloonSteering.Settings()
+    /// The host's idle page sampler (`IdlePageSampler`): its period, or 0 for none. 5 s: the guest agent's
+    /// default sample period too, long enough that a working set re-touched every few seconds shows whole,
+    /// short enough that the estimate follows a rise within seconds.
+    public var samplingPeriodMillis: UInt64 = 5_000
     public var vms: [VMConfiguration] = []
 
     public init() {}
@@ -127,9 +133,10 @@ extension HostConfiguration {
         ("host", ["state_directory", "control_socket", "settings_file", "metrics_address", "budget_mib", "reserve_mib", "vm_overhead_mib", "require_swap",
                   "stop_vms_on_exit", "log_level"]),
         ("steering", ["inflate_step_mib", "deadband_mib", "pressure_backoff_seconds"]),
+        ("sampling", ["period_seconds"]),
         ("policy", PolicyTable.keys),
         ("vm", ["name", "memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments",
-                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib", "max_mib", "shares"]),
+                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib", "max_mib", "shares", "swap"]),
     ]
 
     /// Reads `path` (nil: the default path, where a missing file means the defaults).
@@ -204,6 +211,9 @@ extension HostConfiguration {
                 if let value = try reader.integer("pressure_backoff_seconds", in: HostConfigurationLimits.backoffSeconds) {
                     configuration.steering.pressureBackoffMillis = value * 1000
                 }
+            case "sampling":
+                // 0 turns the sampler off; 1 s is the engine's round (it cannot sample faster), 60 s ESX's period.
+                if let value = try reader.integer("period_seconds", in: 0...60) { configuration.samplingPeriodMillis = value * 1000 }
             case "policy":
                 try PolicyTable.read(table, path: path, into: &configuration.policy)
             default:
@@ -251,6 +261,12 @@ private extension TOMLTableReader {
         if let minimum = try integer("min_mib", in: 0...HostConfigurationLimits.memoryMiB.upperBound) { vm.minMiB = minimum }
         vm.maxMiB = try integer("max_mib", in: HostConfigurationLimits.memoryMiB)
         vm.shares = try integer("shares", in: HostConfigurationLimits.shares)
+        if let value = try string("swap") {
+            guard let mode = SwapMode(rawValue: value) else {
+                throw outOfRange("swap", SwapMode.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", "))
+            }
+            vm.swap = mode
+        }
         if let maximum = vm.maxMiB, vm.minMiB > maximum { throw outOfRange("min_mib", "at most max_mib (\(maximum))") }
         let attaching = !vm.qmpSocket.isEmpty || !vm.portSocket.isEmpty
         let launchKeys = ["memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments", "qemu",

@@ -8,6 +8,7 @@ public enum PolicyTable {
         "idle_tax", "trimming", "trim_buffer_percent", "trim_minimum_buffer_mib", "max_decrease_percent_per_second",
         "max_increase_percent_per_second", "fast_half_life_seconds", "slow_half_life_seconds",
         "high_percent", "soft_percent", "hard_percent", "low_percent", "hysteresis_percent",
+        "balloon_grace_seconds", "swap_step_mib", "swap_reserve_mib",
     ]
 
     /// Half-lives up to an hour: beyond that an estimate no longer follows a working set at all.
@@ -38,6 +39,11 @@ public enum PolicyTable {
         if let value = try number("hard_percent", in: 0...50) { parameters.thresholds.hardPercent = value }
         if let value = try number("low_percent", in: 0...50) { parameters.thresholds.lowPercent = value }
         if let value = try number("hysteresis_percent", in: 0...10) { parameters.thresholds.hysteresisPercent = value }
+        // A grace of up to 10 minutes: beyond that a VM the balloon cannot shrink is simply never swapped.
+        if let value = try number("balloon_grace_seconds", in: 0...600) { parameters.swap.balloonGraceMillis = UInt64(value * 1000) }
+        // MiB per second per VM: at least 1 (a limit that never moves would never be reached), at most 64 GiB.
+        if let value = try reader.integer("swap_step_mib", in: 1...65_536) { parameters.swap.stepBytesPerSecond = value << 20 }
+        if let value = try reader.integer("swap_reserve_mib", in: 0...(1 << 20)) { parameters.swap.swapReserveBytes = value << 20 }
         let t = parameters.thresholds
         guard t.lowPercent < t.hardPercent, t.hardPercent < t.softPercent, t.softPercent < t.highPercent else {
             throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,

@@ -29,6 +29,13 @@ public final class HostEngine: @unchecked Sendable {
     private var settings: [String: VMSettings] = [:]
     /// VMs the inventory would not start (admission control), with why: status shows them.
     private var refused: [(name: String, reason: String)] = []
+    /// What the kernel offers for idle page sampling and swapping, found once at startup.
+    let samplingSupport = IdlePageSamplingSupport.detect()
+    let memoryCgroups = MemoryCgroup.hierarchy()
+    private var swapTotalBytes: UInt64?
+    private var swapFreeBytes: UInt64?
+    /// Warned once that hypervisor swapping has no host swap to use.
+    private var warnedNoSwap = false
 
 
     /// How often resident memory is read from smaps and the budget is shared out: once a second is
@@ -77,7 +84,10 @@ public final class HostEngine: @unchecked Sendable {
                               metadata: ["vm": "\(endpoint.name)"])
             }
             vms.append(VMRuntime(configuration: configuration, endpoint: endpoint, steering: self.configuration.steering,
-                                 estimator: self.configuration.policy.estimator, logger: logger))
+                                 estimator: self.configuration.policy.estimator,
+                                 samplingPeriodMillis: self.configuration.samplingPeriodMillis > 0 ? self.configuration.samplingPeriodMillis : nil,
+                                 pauseMarkers: PauseMarkers(stateDirectory: self.configuration.stateDirectory),
+                                 memoryCgroups: memoryCgroups, logger: logger))
         }
         if let server = metricsServer {
             metrics = server
@@ -98,9 +108,24 @@ public final class HostEngine: @unchecked Sendable {
         let policy = configuration.policy
         let metricsText = status().metricsAddress.map { "metrics at http://\($0)/metrics" } ?? "no metrics"
         logger.notice("ballonet-host \(BallonetVersion.software) running: \(vms.count) VMs, control socket \(configuration.effectiveControlSocket), \(metricsText), \(budget); idle tax \(MemoryPolicy.format(policy.idleTaxRate, 2)), trimming \(policy.trimming.enabled ? "on" : "off")")
+        let sampling = configuration.samplingPeriodMillis > 0 ? "\(samplingSupport), every \(configuration.samplingPeriodMillis / 1000) s"
+            : "host idle page sampling off ([sampling] period_seconds = 0)"
+        logger.notice("\(sampling)")
+        let meminfo = try? ProcFiles.meminfo()
+        let cgroups = memoryCgroups.map { "memory cgroup \($0.version.rawValue) at \($0.root)" } ?? "no memory cgroup controller"
+        if let swap = meminfo?.swapTotal, swap > 0 {
+            logger.notice("host swap \(swap >> 20) MiB (\((meminfo?.swapFree ?? 0) >> 20) MiB free) for hypervisor swapping; \(cgroups)")
+        } else {
+            logger.warning("no host swap: hypervisor swapping cannot act, so VMs the balloon cannot shrink stay above target (add swap: see docs/OPERATING.md); \(cgroups)")
+        }
         onReady()
         defer {
-            for vm in vms { vm.close(reason: "ballonet-host is stopping") }
+            for vm in vms {
+                // Never leave a VM paused or held to a limit nobody manages any more.
+                vm.setPaused(false, reason: "ballonet-host is stopping")
+                vm.applySwapLimit(nil, reason: "ballonet-host is stopping")
+                vm.close(reason: "ballonet-host is stopping")
+            }
             control = nil
             if metrics != nil {
                 stopRequested.store(true, ordering: .sequentiallyConsistent)   // also when the loop ended by an error
@@ -118,7 +143,7 @@ public final class HostEngine: @unchecked Sendable {
             }
             if now >= nextSampleMillis {
                 nextSampleMillis = now + Self.sampleMillis
-                for vm in vms { vm.sampleHostFigures() }
+                for vm in vms { vm.sampleHostFigures(nowMillis: now) }
                 policyRound(nowMillis: now)
                 if metrics != nil { metricsPage.update(PrometheusText.render(status())) }
             }
@@ -155,7 +180,12 @@ public final class HostEngine: @unchecked Sendable {
     func hostMemory(participants: [VMRuntime]) -> (memoryForVMs: UInt64, free: Int64, total: UInt64)? {
         if configuration.budgetMiB > 0 {
             let budget = configuration.budgetMiB << 20
-            let held = participants.reduce(UInt64(0)) { $0 + ($1.account.backingFileBytes ?? $1.account.residentBytes) }
+            // A memfd's blocks count its pages in host swap too; what the VM holds in RAM is the rest.
+            let held = participants.reduce(UInt64(0)) { sum, vm in
+                let account = vm.account
+                let inRAM = account.backingFileBytes.map { $0 > account.swappedBytes ? $0 - account.swappedBytes : 0 } ?? account.residentBytes
+                return sum + inRAM
+            }
             // Both at most 2^63 − 1, so the difference cannot overflow.
             return (budget, Int64(clamping: budget) - Int64(clamping: held), budget)
         }
@@ -173,10 +203,15 @@ public final class HostEngine: @unchecked Sendable {
             let ram = vm.account.memoryBytes
             let maxBytes = min(vm.configuration.maxMiB.map { $0 << 20 } ?? ram, ram)
             let fresh = nowMillis <= vm.estimateFreshUntilMillis
+            let guestEstimate = fresh ? vm.estimator.estimateBytes : nil
+            let hostEstimate = nowMillis <= vm.hostEstimateFreshUntilMillis ? vm.hostEstimator.estimateBytes : nil
+            vm.account.guestWorkingSetEstimateBytes = guestEstimate
+            vm.account.hostWorkingSetEstimateBytes = hostEstimate
+            vm.account.workingSetEstimateBytes = WorkingSetSources.combined(host: hostEstimate, guest: guestEstimate)
             return MemoryPolicy.VM(name: vm.endpoint.name, shares: vm.configuration.effectiveShares(maxBytes: maxBytes),
                                    minBytes: vm.configuration.minMiB << 20, maxBytes: maxBytes,
                                    fixedTargetBytes: vm.commandedTargetBytes ?? vm.configuration.targetMiB.map { $0 << 20 },
-                                   workingSetBytes: fresh ? vm.estimator.estimateBytes : nil,
+                                   workingSetBytes: vm.account.workingSetEstimateBytes,
                                    previousTargetBytes: vm.hasPolicyTarget ? vm.account.targetBytes : nil,
                                    unreclaimableBytes: fresh ? vm.account.guestUnreclaimableBytes : nil)
         }
@@ -191,9 +226,6 @@ public final class HostEngine: @unchecked Sendable {
             let actions = decision.actions.names
             logger.notice("host memory state \(previousState.rawValue) → \(decision.state.rawValue): free \(MemoryPolicy.format(decision.freePercent, 1)) % of \(host.total >> 20) MiB; \(actions.isEmpty ? "nothing is reclaimed beyond trimming" : "actions: " + actions.joined(separator: ", "))",
                           metadata: ["state": "\(decision.state.rawValue)"])
-            if decision.actions.contains(.hypervisorSwap) {
-                logger.warning("state \(decision.state.rawValue) asks for hypervisor swapping and pausing, which this version does not do yet: only ballooning acts")
-            }
         }
         if let warning = decision.warning, warning != lastDecision?.warning { logger.warning("\(warning)") }
         for (vm, made) in zip(participants, decision.vms) {
@@ -212,6 +244,39 @@ public final class HostEngine: @unchecked Sendable {
             vm.hasPolicyTarget = true
         }
         lastDecision = decision
+        swapRound(participants, decision: decision, nowMillis: nowMillis)
+    }
+
+    /// Hypervisor swapping and pausing for this round (`HypervisorSwapPolicy`), after the targets.
+    private func swapRound(_ participants: [VMRuntime], decision: MemoryPolicy.Decision, nowMillis: UInt64) {
+        let meminfo = try? ProcFiles.meminfo()
+        swapTotalBytes = meminfo?.swapTotal
+        swapFreeBytes = meminfo?.swapFree
+        let settings = configuration.policy.swap
+        let inputs = participants.map { vm -> HypervisorSwapPolicy.VM in
+            let target = vm.account.targetBytes
+            let tolerance = settings.tolerance(forTarget: target)
+            let excess = vm.account.residentBytes > target ? vm.account.residentBytes - target : 0
+            let verdict = vm.balloonDelivery.observe(excessBytes: excess, agentEstablished: vm.isEstablished, nowMillis: nowMillis,
+                                                     settings: settings, tolerance: tolerance)
+            return HypervisorSwapPolicy.VM(name: vm.endpoint.name, targetBytes: target, residentBytes: vm.account.residentBytes,
+                                           balloon: verdict, swapAllowed: vm.swapper != nil && vm.figures != nil,
+                                           previousLimitBytes: vm.swapper?.limitBytes, paused: vm.paused)
+        }
+        let decisions = HypervisorSwapPolicy.decide(vms: inputs, state: decision.state, swapFreeBytes: swapFreeBytes ?? 0,
+                                                    elapsedMillis: Self.sampleMillis, settings: settings)
+        for (vm, made) in zip(participants, decisions) {
+            if made.limitBytes != nil, (swapTotalBytes ?? 0) == 0, !warnedNoSwap {
+                warnedNoSwap = true
+                logger.warning("VM \(vm.endpoint.name) needs hypervisor swapping but the host has no swap: add a swap file or zswap")
+            }
+            vm.applySwapLimit(made.limitBytes, reason: made.reason)
+            if made.pause != vm.paused {
+                vm.setPaused(made.pause, reason: made.pause
+                    ? "host memory is low (\(MemoryPolicy.format(decision.freePercent, 1)) % free) and the VM is above its target (\(vm.account.residentBytes >> 20) MiB resident, target \(vm.account.targetBytes >> 20) MiB)"
+                    : "host memory recovered (\(decision.state.rawValue), \(MemoryPolicy.format(decision.freePercent, 1)) % free)")
+            }
+        }
     }
 
     public func status() -> HostStatus {
@@ -225,6 +290,9 @@ public final class HostEngine: @unchecked Sendable {
         status.capacityBytes = lastDecision?.capacityBytes
         status.idleTaxRate = configuration.policy.idleTaxRate
         status.warning = lastDecision?.warning
+        status.swapTotalBytes = swapTotalBytes
+        status.swapFreeBytes = swapFreeBytes
+        status.sampling = configuration.samplingPeriodMillis > 0 ? samplingSupport.description : "off"
         status.metricsAddress = metrics.map { "\($0.address[..<($0.address.lastIndex(of: ":") ?? $0.address.endIndex)]):\($0.port)" }
         for vm in refused {
             var account = VMAccount(name: vm.name)

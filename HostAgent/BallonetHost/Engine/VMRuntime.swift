@@ -14,10 +14,24 @@ final class VMRuntime {
     var steering: BalloonSteering
     /// A target set by `ballonetctl set-target` (overrides the config's and the budget's).
     var commandedTargetBytes: UInt64?
-    /// The working-set estimate from the guest's samples (the host's own sampler joins it later).
+    /// The working-set estimate from the guest agent's samples.
     var estimator: WorkingSetEstimator
     /// Until when (engine clock) the estimate counts: an estimate nobody refreshes is dropped.
     var estimateFreshUntilMillis: UInt64 = 0
+    /// The host's own estimate, from `sampler`, and until when it counts.
+    var hostEstimator: WorkingSetEstimator
+    var hostEstimateFreshUntilMillis: UInt64 = 0
+    var sampler: IdlePageSampler?
+    /// Hypervisor swapping: the mechanism (chosen at attach), whether the balloon delivers, the pause.
+    private(set) var swapper: HypervisorSwapper?
+    let swapMode: SwapMode
+    var balloonDelivery = BalloonDelivery()
+    private(set) var paused = false
+    /// The last smaps figures of guest RAM (read every second).
+    private(set) var figures: GuestRAMFigures?
+    /// Where the agent notes the VMs it paused, so a restarted agent resumes them (`PauseMarkers`).
+    let pauseMarkers: PauseMarkers
+    let memoryCgroups: (root: String, version: MemoryCgroup.Version)?
     /// The policy has decided a target for this VM (its previous target is `account.targetBytes`).
     var hasPolicyTarget = false
     var explanation: MemoryPolicy.Explanation?
@@ -38,8 +52,14 @@ final class VMRuntime {
     }
 
     init(configuration: VMConfiguration, endpoint: VMEndpoint, steering: BalloonSteering.Settings, estimator: EstimatorSettings,
+         samplingPeriodMillis: UInt64?, pauseMarkers: PauseMarkers, memoryCgroups: (root: String, version: MemoryCgroup.Version)?,
          logger: Logger) {
         self.estimator = WorkingSetEstimator(settings: estimator)
+        self.hostEstimator = WorkingSetEstimator(settings: estimator)
+        self.sampler = samplingPeriodMillis.map { IdlePageSampler(periodMillis: $0) }
+        self.swapMode = configuration.swap
+        self.pauseMarkers = pauseMarkers
+        self.memoryCgroups = memoryCgroups
         self.configuration = configuration
         self.endpoint = endpoint
         var logger = logger
@@ -109,6 +129,65 @@ final class VMRuntime {
         account.reclaimMethod = reclaimer.methodSummary
         logger.notice("attached to QEMU pid \(processID): \(map.totalBytes >> 20) MiB of guest RAM in \(map.segments.count) segments; reclaim by \(reclaimer.methodSummary)",
                       metadata: ["blocks": "\(reclaimer.backings.values.map(\.description).sorted())"])
+        let choice = HypervisorSwapper.choose(mode: swapMode, processID: processID, hierarchy: memoryCgroups)
+        swapper = choice.mechanism.map { HypervisorSwapper(mechanism: $0) }
+        account.swapMechanism = choice.mechanism?.name
+        logger.notice("\(choice.note)")
+        if let group = swapper.flatMap({ if case .cgroup(let group) = $0.mechanism { group } else { nil } }),
+           let limit = try? group.limitBytes() {
+            // A limit an earlier agent left: released until the policy asks for one again.
+            try? group.setLimit(nil)
+            logger.notice("removed a memory limit of \(limit >> 20) MiB left on \(group.path) by an earlier run")
+        }
+        if pauseMarkers.contains(endpoint.name) {
+            // An earlier agent paused this VM and did not live to resume it.
+            do {
+                try qmp.execute("cont")
+                logger.notice("resumed the VM an earlier ballonet-host paused (marker \(pauseMarkers.path(of: endpoint.name)))")
+            } catch {
+                logger.error("cannot resume the VM an earlier ballonet-host paused: \(error)")
+            }
+            pauseMarkers.remove(endpoint.name)
+        }
+    }
+
+    /// Pauses (QMP `stop`) or resumes (`cont`) the VM for the low state. The marker is written before the
+    /// stop and removed after the cont, so a VM this agent paused is always one it (or its successor) resumes.
+    func setPaused(_ pause: Bool, reason: String) {
+        guard pause != paused else { return }
+        do {
+            let qmp = try QMPClient(path: endpoint.qmpSocket, timeout: .seconds(2))
+            if pause {
+                try pauseMarkers.add(endpoint.name)
+                try qmp.execute("stop")
+            } else {
+                try qmp.execute("cont")
+                pauseMarkers.remove(endpoint.name)
+            }
+            paused = pause
+            account.paused = pause
+            logger.notice("\(pause ? "paused" : "resumed"): \(reason)")
+        } catch {
+            logger.error("cannot \(pause ? "pause" : "resume") the VM: \(error)")
+        }
+    }
+
+    /// Carries out this round's hypervisor-swap limit.
+    func applySwapLimit(_ limit: UInt64?, reason: String) {
+        account.swapReason = reason
+        guard let swapper, let reclaimer, let figures else { return }
+        let before = swapper.limitBytes
+        do {
+            if let done = try swapper.apply(limit: limit, figures: figures, reclaimer: reclaimer) {
+                if before == nil && limit != nil { logger.notice("hypervisor swapping starts: \(reason)") }
+                if before != nil && limit == nil { logger.notice("hypervisor swapping ends: \(reason)") }
+                logger.info("\(done)", metadata: ["swap_limit_mib": "\(limit.map { "\($0 >> 20)" } ?? "none")"])
+            }
+        } catch {
+            logger.warning("hypervisor swap by \(swapper.mechanism.name) failed: \(error)")
+        }
+        account.swapLimitBytes = swapper.limitBytes
+        account.pagedOutBytes = swapper.pagedOutBytes
     }
 
     static func freshSessionID() -> UInt64 { UInt64.random(in: 1...UInt64.max) }
@@ -181,7 +260,8 @@ final class VMRuntime {
 
     /// Periodic work: the session's pings, a repeated hello while the guest is silent, the steering.
     func tick(nowMillis: UInt64) {
-        guard var session else { return }
+        // A paused guest cannot answer pings; its session waits with it.
+        guard !paused, var session else { return }
         let actions = session.tick(nowMillis: nowMillis)
         self.session = session
         guard perform(actions, nowMillis: nowMillis) else { return }
@@ -255,7 +335,7 @@ final class VMRuntime {
                                      GuestInputLimits.samplePeriodMillis.upperBound)
                     estimator.observe(activeBytes: min(active, account.memoryBytes), elapsedMillis: period)
                     estimateFreshUntilMillis = nowMillis + RuntimeTiming.estimateLifetimeMillis(samplePeriodMillis: period)
-                    account.workingSetEstimateBytes = estimator.estimateBytes
+                    account.guestWorkingSetEstimateBytes = estimator.estimateBytes
                 }
             case .refused(let why):
                 account.refusedMessages += 1
@@ -294,20 +374,41 @@ final class VMRuntime {
         perform(actions, nowMillis: nowMillis)
     }
 
-    /// Reads resident and swapped guest RAM from smaps, and the memfd's size.
-    func sampleHostFigures() {
+    /// Reads guest RAM's figures from smaps, and the memfd's size; ends and begins the host sampler's periods.
+    func sampleHostFigures(nowMillis: UInt64) {
         guard let reclaimer else { return }
         do {
-            let (resident, swapped) = try reclaimer.residentAndSwapped()
-            account.residentBytes = resident
-            account.swappedBytes = swapped
+            let started = MonotonicInstant.now()
+            let figures = try reclaimer.guestRAMFigures()
+            let readNanos = IdlePageSampler.nanoseconds(MonotonicInstant.now().duration(since: started))
+            self.figures = figures
+            account.residentBytes = figures.residentBytes
+            account.swappedBytes = figures.swappedBytes
             account.backingFileBytes = reclaimer.fileAllocatedBytes()
+            if var sampler {
+                if sampler.isDue(nowMillis: nowMillis),
+                   let sample = sampler.finishPeriod(referencedBytes: figures.referencedBytes, nowMillis: nowMillis, readNanos: readNanos) {
+                    hostEstimator.observe(activeBytes: min(sample.activeBytes, account.memoryBytes), elapsedMillis: sample.elapsedMillis)
+                    hostEstimateFreshUntilMillis = nowMillis + RuntimeTiming.estimateLifetimeMillis(samplePeriodMillis: sampler.periodMillis)
+                    account.hostReferencedBytes = sample.activeBytes
+                    account.hostWorkingSetEstimateBytes = hostEstimator.estimateBytes
+                    account.samplingCostMicros = sampler.lastCostNanos / 1000
+                    logger.debug("sampled: \(sample.activeBytes >> 20) MiB referenced in \(sample.elapsedMillis) ms, estimate \((hostEstimator.estimateBytes ?? 0) >> 20) MiB, cost \(sampler.lastCostNanos / 1000) µs",
+                                 metadata: ["sampler": "clear_refs"])
+                }
+                if sampler.clearedAtMillis == nil || sampler.isDue(nowMillis: nowMillis) {
+                    try sampler.startPeriod(processID: reclaimer.processID, nowMillis: nowMillis)
+                }
+                account.samplingPeriodMillis = sampler.periodMillis
+                self.sampler = sampler
+            }
         } catch {
             logger.warning("cannot read QEMU's memory figures: \(error)")
             if !ProcessControl.exists(reclaimer.processID) {
                 account.state = "QEMU (pid \(reclaimer.processID)) is gone"
                 self.reclaimer = nil
                 self.map = nil
+                self.figures = nil
                 port = nil
                 session = nil
             }

@@ -141,10 +141,24 @@ public final class QEMUInventory: VMInventory {
         let startLog = directory + "/qemu-start.log"
         logger.info("starting QEMU for \(vm.name): \(launch.memoryMiB) MiB \(launch.ramBacking.rawValue) RAM, \(launch.cpus) vCPU",
                     metadata: ["vm": "\(vm.name)", "command": "\(executable) \(arguments.joined(separator: " "))"])
+        // QEMU starts inside a memory cgroup of its own, so hypervisor swapping can limit it: its pages are
+        // charged where they are first touched, and a process moved later leaves its memory behind.
+        var command = (executable, arguments)
+        if vm.swap == .auto || vm.swap == .cgroup, let hierarchy = MemoryCgroup.hierarchy() {
+            do {
+                let group = try MemoryCgroup.create("ballonet/\(vm.name)", hierarchy: hierarchy)
+                try? group.setLimit(nil)
+                command = ("/bin/sh", ["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"", group.path, executable] + arguments)
+                logger.info("QEMU of \(vm.name) starts in memory cgroup \(group)", metadata: ["vm": "\(vm.name)"])
+            } catch {
+                logger.warning("cannot make a memory cgroup for \(vm.name) (\(error)); hypervisor swapping will page out instead",
+                               metadata: ["vm": "\(vm.name)"])
+            }
+        }
         let status: Int32
         do {
             // With -daemonize the first process exits once the VM is set up (sockets and pid file exist).
-            status = try ProcessControl.waitForExit(try ProcessControl.spawn(executable, arguments: arguments, outputPath: startLog))
+            status = try ProcessControl.waitForExit(try ProcessControl.spawn(command.0, arguments: command.1, outputPath: startLog))
         } catch {
             throw InventoryError("cannot start \(executable) for VM \(vm.name): \(error)")
         }
@@ -172,6 +186,10 @@ public final class QEMUInventory: VMInventory {
             }
             for _ in 0..<50 where ProcessControl.exists(pid) { MonotonicClock.sleep(for: .milliseconds(100)) }
             if ProcessControl.exists(pid) { try? ProcessControl.send(.kill, to: pid) }
+            // Its memory cgroup goes with it (rmdir fails harmlessly while a process is still in it).
+            if let hierarchy = MemoryCgroup.hierarchy() {
+                try? MemoryCgroup(path: hierarchy.root + "/ballonet/" + vm.name, version: hierarchy.version).remove()
+            }
         }
     }
 }

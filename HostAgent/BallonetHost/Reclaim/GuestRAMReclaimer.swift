@@ -165,31 +165,54 @@ public final class GuestRAMReclaimer {
             let after = (try? files[block]?.descriptor.status().allocatedBytes) ?? before
             freed += UInt64(max(before - after, 0))
         }
+        if !pageout.isEmpty { freed += try pageOut(pageout) }
+        return ReclaimOutcome(requestedBytes: requested, freedBytes: freed)
+    }
+
+    /// Guest RAM as QEMU's /proc/<pid>/smaps shows it now: the Rss, Swap and Referenced of the mappings
+    /// that hold guest RAM blocks.
+    public func guestRAMFigures() throws -> GuestRAMFigures {
+        let ranges = backings.values.map { ($0.hostAddress, $0.hostAddress + $0.length) }
+        var figures = GuestRAMFigures()
+        try ProcFiles.forEachSmapsMapping(of: .id(processID)) { mapping in
+            if ranges.contains(where: { mapping.start < $0.1 && $0.0 < mapping.end }) {
+                figures.residentBytes += mapping.rss
+                figures.swappedBytes += mapping.swap
+                figures.referencedBytes += mapping.referenced
+            }
+            return true
+        }
+        return figures
+    }
+
+    /// Where guest RAM is for the `RandomPageout` swapper: QEMU's address ranges of each block.
+    public var hostRanges: [AddressRange] {
+        backings.values.sorted { $0.hostAddress < $1.hostAddress }.map { AddressRange(start: $0.hostAddress, length: $0.length) }
+    }
+
+    /// `process_madvise(MADV_PAGEOUT)` over `ranges` of QEMU's memory (guest RAM the caller chose): content
+    /// is kept, in host swap. Returns the bytes the kernel advised.
+    public func pageOut(_ ranges: [AddressRange]) throws(ReclaimError) -> UInt64 {
+        var advised: UInt64 = 0
         var index = 0
-        while index < pageout.count {
-            let chunk = Array(pageout[index..<min(index + ProcessControl.maximumRangesPerAdvice, pageout.count)])
+        while index < ranges.count {
+            let chunk = Array(ranges[index..<min(index + ProcessControl.maximumRangesPerAdvice, ranges.count)])
             do {
-                freed += UInt64(try ProcessControl.adviseMemory(ofProcess: process.descriptor, ranges: chunk, advice: .pageOut))
+                advised += UInt64(try ProcessControl.adviseMemory(ofProcess: process.descriptor, ranges: chunk, advice: .pageOut))
             } catch {
                 throw ReclaimError("paging out \(chunk.count) ranges of QEMU \(processID): \(error)")
             }
             index += chunk.count
         }
-        return ReclaimOutcome(requestedBytes: requested, freedBytes: freed)
+        return advised
     }
+}
 
-    /// Bytes of guest RAM resident in QEMU now, from /proc/<pid>/smaps (the Rss of the mappings that hold
-    /// guest RAM blocks), and of it swapped out.
-    public func residentAndSwapped() throws -> (resident: UInt64, swapped: UInt64) {
-        let ranges = backings.values.map { ($0.hostAddress, $0.hostAddress + $0.length) }
-        var resident: UInt64 = 0, swapped: UInt64 = 0
-        try ProcFiles.forEachSmapsMapping(of: .id(processID)) { mapping in
-            if ranges.contains(where: { mapping.start < $0.1 && $0.0 < mapping.end }) {
-                resident += mapping.rss
-                swapped += mapping.swap
-            }
-            return true
-        }
-        return (resident, swapped)
-    }
+/// Guest RAM in QEMU's smaps, bytes.
+public struct GuestRAMFigures: Equatable, Sendable {
+    public var residentBytes: UInt64 = 0
+    public var swappedBytes: UInt64 = 0
+    /// Touched since the accessed bits were last cleared (`ProcFiles.clearReferencedBits`).
+    public var referencedBytes: UInt64 = 0
+    public init() {}
 }

@@ -1,0 +1,183 @@
+/// Hypervisor-level swapping and pausing: what the host does when ballooning cannot bring a VM down to its
+/// target. ESX swapped VM memory itself when the balloon was missing, too slow or refused, and paused VMs in
+/// its low state. Ballonet decides here, per VM and per round, a limit on the VM's resident guest RAM (the
+/// mechanism carries it out: a memory cgroup limit, or `MADV_PAGEOUT` over chosen ranges) and whether the VM
+/// is paused. Pure: the facts of now and the last round's decisions in, this round's decisions out.
+public enum HypervisorSwapPolicy {
+    /// What the policy knows of one VM.
+    public struct VM: Equatable, Sendable {
+        public var name: String
+        /// The policy's target for its resident guest RAM.
+        public var targetBytes: UInt64
+        /// Guest RAM resident in QEMU now.
+        public var residentBytes: UInt64
+        /// Whether its balloon can bring it down: see `BalloonDelivery`.
+        public var balloon: BalloonDelivery.Verdict
+        /// The operator allows swapping this VM (per-VM `swap`, and a mechanism exists for it).
+        public var swapAllowed: Bool
+        /// The limit in force after the last round (nil: none).
+        public var previousLimitBytes: UInt64?
+        /// Paused by the last round.
+        public var paused: Bool
+
+        public init(name: String, targetBytes: UInt64, residentBytes: UInt64, balloon: BalloonDelivery.Verdict,
+                    swapAllowed: Bool = true, previousLimitBytes: UInt64? = nil, paused: Bool = false) {
+            self.name = name
+            self.targetBytes = targetBytes
+            self.residentBytes = residentBytes
+            self.balloon = balloon
+            self.swapAllowed = swapAllowed
+            self.previousLimitBytes = previousLimitBytes
+            self.paused = paused
+        }
+    }
+
+    /// One VM's decision.
+    public struct Decision: Equatable, Sendable {
+        public var name: String
+        /// The VM's resident guest RAM is to be brought to at most this; nil: no limit (released).
+        public var limitBytes: UInt64?
+        /// Keep the VM paused (QMP `stop`) this round.
+        public var pause: Bool
+        /// Why, in words for the log and `ballonetctl status`.
+        public var reason: String
+    }
+
+    /// Decides every VM's limit and pause for one round in `state`, with `swapFreeBytes` of host swap free
+    /// and `elapsedMillis` since the last round (what the swap-out step scales with).
+    ///
+    /// The rules (docs/POLICY.md, "Hypervisor swapping"):
+    /// - high: no limits, no pauses. Memory is plentiful; a VM pages back in as it touches its memory.
+    /// - A VM is swapped when it is above its target by more than the tolerance and either the state is
+    ///   hard or low, or its balloon cannot deliver (no agent, or no progress for the grace period: the
+    ///   guest at its floor, refusing, or too slow). Once swapped, its limit follows its target until the
+    ///   host is back in high, so a VM that was swapped down does not grow back while memory is short.
+    /// - A limit falls by at most `stepBytesPerSecond` a round (it rises at once), and never by more than
+    ///   the host swap that is free beyond `swapReserveBytes`, taken by VMs in order: swap-out is I/O and
+    ///   a full swap device means the OOM killer.
+    /// - low: VMs above their targets are paused until the state is better than low; paused VMs are
+    ///   resumed the round the state recovers.
+    public static func decide(vms: [VM], state: FreeMemoryState, swapFreeBytes: UInt64, elapsedMillis: UInt64,
+                              settings: SwapSettings) -> [Decision] {
+        var swapLeft = swapFreeBytes > settings.swapReserveBytes ? swapFreeBytes - settings.swapReserveBytes : 0
+        let step = scaled(settings.stepBytesPerSecond, elapsedMillis: elapsedMillis)
+        return vms.map { vm in
+            let tolerance = settings.tolerance(forTarget: vm.targetBytes)
+            let above = vm.residentBytes > vm.targetBytes + tolerance
+            // Paused until the state is better than low, even if swap brings the VM to its target first:
+            // a VM resumed while memory is still low would grow and be paused again.
+            let pause = state == .low && (above || vm.paused)
+            guard state != .high else {
+                let reason = vm.previousLimitBytes == nil ? "no limit: host memory is plentiful (high)"
+                    : "limit released: host memory is plentiful again (high)"
+                return Decision(name: vm.name, limitBytes: nil, pause: false, reason: reason)
+            }
+            guard vm.swapAllowed else {
+                return Decision(name: vm.name, limitBytes: nil, pause: pause,
+                                reason: above ? "above target but swapping is off for this VM" : "at target")
+            }
+            let engaged = vm.previousLimitBytes != nil
+            let balloonCannot = vm.balloon != .delivering
+            let needed = above && (state >= .hard || balloonCannot)
+            guard engaged || needed else {
+                let reason = above ? "above target; the balloon is delivering (\(state.rawValue))" : "at target"
+                return Decision(name: vm.name, limitBytes: nil, pause: pause, reason: reason)
+            }
+            // Step down from what the VM holds now (or the last limit, if lower), never below the target.
+            let from = min(vm.previousLimitBytes ?? vm.residentBytes, vm.residentBytes)
+            var limit = max(vm.targetBytes, from > step ? from - step : 0)
+            // Swap-out needs swap: what lies between resident and the limit goes there.
+            let outgoing = vm.residentBytes > limit ? vm.residentBytes - limit : 0
+            var why: String
+            if outgoing > swapLeft {
+                limit = vm.residentBytes - swapLeft
+                why = "host swap is short: only \(swapLeft >> 20) MiB more may be swapped out"
+            } else {
+                why = state >= .hard ? "host memory is \(state.rawValue)" : "the balloon cannot deliver (\(vm.balloon.description))"
+            }
+            swapLeft -= min(swapLeft, vm.residentBytes > limit ? vm.residentBytes - limit : 0)
+            let reason = limit > vm.targetBytes + tolerance
+                ? "swapping toward target \(vm.targetBytes >> 20) MiB, limit \(limit >> 20) MiB now: \(why)"
+                : "held at target \(vm.targetBytes >> 20) MiB by hypervisor swap: \(why)"
+            return Decision(name: vm.name, limitBytes: limit, pause: pause, reason: reason)
+        }
+    }
+
+    static func scaled(_ perSecond: UInt64, elapsedMillis: UInt64) -> UInt64 {
+        let (product, overflow) = perSecond.multipliedReportingOverflow(by: max(min(elapsedMillis, 10_000), 1))
+        return overflow ? .max : product / 1000
+    }
+}
+
+/// How hypervisor swapping may act, each default with its reason.
+public struct SwapSettings: Equatable, Sendable {
+    /// A balloon that has not brought the VM closer to its target for this long cannot deliver. 10 s is
+    /// five of the guest agent's default inflate rounds: a healthy balloon moves within two, and a guest at
+    /// its floor or backing off after pressure does not move at all.
+    public var balloonGraceMillis: UInt64 = 10_000
+    /// The largest swap-out per VM per second. Lowering a cgroup limit reclaims inside the write (the host
+    /// agent's loop waits for it) and swap-out is disk I/O that every VM on the host shares: 128 MiB/s
+    /// keeps a round under a few hundred milliseconds on a plain SSD and still takes 1 GiB in 8 s.
+    public var stepBytesPerSecond: UInt64 = 128 << 20
+    /// Host swap never filled beyond this: a full swap device turns the next limit into an OOM kill.
+    public var swapReserveBytes: UInt64 = 64 << 20
+    /// "At target" means within max(2 % of the target, 8 MiB): the sampled resident figure moves by that
+    /// much from round to round in an idle guest (timer ticks, page cache), and swapping a VM for a few
+    /// MiB would cost more than it gives.
+    public var tolerancePercent: Double = 2
+    public var minimumToleranceBytes: UInt64 = 8 << 20
+
+    public init() {}
+
+    public func tolerance(forTarget target: UInt64) -> UInt64 {
+        let percent = Double(target) * tolerancePercent / 100
+        return max(percent >= 1.8e19 ? .max : UInt64(percent), minimumToleranceBytes)
+    }
+}
+
+/// Whether a VM's balloon is bringing it down: a pure tracker the engine feeds each round with the VM's
+/// excess over its target and whether the guest agent is there.
+public struct BalloonDelivery: Equatable, Sendable {
+    public enum Verdict: Equatable, Sendable, CustomStringConvertible {
+        /// At target, or moving toward it.
+        case delivering
+        /// No ballonet-guest session: nothing but the hypervisor can take memory from it.
+        case noAgent
+        /// Above target with no progress for the grace period.
+        case stalled(forMillis: UInt64)
+
+        public var description: String {
+            switch self {
+            case .delivering: "delivering"
+            case .noAgent: "no guest agent"
+            case .stalled(let millis): "no progress for \(millis / 1000) s"
+            }
+        }
+    }
+
+    /// The smallest excess seen since the last progress, and when that progress was made.
+    public private(set) var bestExcessBytes: UInt64 = .max
+    public private(set) var progressMillis: UInt64?
+
+    /// Progress is a fall of at least this much: smaller moves are the noise of the resident figure.
+    public static let progressBytes: UInt64 = 4 << 20
+
+    public init() {}
+
+    /// Takes this round's facts and says whether the balloon is delivering.
+    public mutating func observe(excessBytes: UInt64, agentEstablished: Bool, nowMillis: UInt64,
+                                 settings: SwapSettings, tolerance: UInt64) -> Verdict {
+        guard agentEstablished else {
+            bestExcessBytes = .max
+            progressMillis = nil
+            return .noAgent
+        }
+        if excessBytes <= tolerance || progressMillis == nil || excessBytes + Self.progressBytes <= bestExcessBytes {
+            bestExcessBytes = excessBytes
+            progressMillis = nowMillis
+            return .delivering
+        }
+        let since = nowMillis >= progressMillis! ? nowMillis - progressMillis! : 0
+        return since >= settings.balloonGraceMillis ? .stalled(forMillis: since) : .delivering
+    }
+}
