@@ -9,8 +9,9 @@ public enum HypervisorSwapPolicy {
         public var name: String
         /// The policy's target for its resident guest RAM.
         public var targetBytes: UInt64
-        /// Guest RAM resident in QEMU now.
+        /// Guest RAM resident in QEMU now, and in host swap.
         public var residentBytes: UInt64
+        public var swappedBytes: UInt64
         /// Whether its balloon can bring it down: see `BalloonDelivery`.
         public var balloon: BalloonDelivery.Verdict
         /// The operator allows swapping this VM (per-VM `swap`, and a mechanism exists for it).
@@ -19,10 +20,16 @@ public enum HypervisorSwapPolicy {
         public var previousLimitBytes: UInt64?
         /// Paused by the last round.
         public var paused: Bool
+        /// The target is the operator's (host.toml `target_mib` or `ballonetctl set-target`): a cap to
+        /// hold the VM to whatever the state, enforced by swap where the balloon cannot deliver.
+        public var fixedTarget: Bool
 
-        public init(name: String, targetBytes: UInt64, residentBytes: UInt64, balloon: BalloonDelivery.Verdict,
-                    swapAllowed: Bool = true, previousLimitBytes: UInt64? = nil, paused: Bool = false) {
+        public init(name: String, targetBytes: UInt64, residentBytes: UInt64, swappedBytes: UInt64 = 0, balloon: BalloonDelivery.Verdict,
+                    swapAllowed: Bool = true, previousLimitBytes: UInt64? = nil, paused: Bool = false,
+                    fixedTarget: Bool = false) {
             self.name = name
+            self.fixedTarget = fixedTarget
+            self.swappedBytes = swappedBytes
             self.targetBytes = targetBytes
             self.residentBytes = residentBytes
             self.balloon = balloon
@@ -47,16 +54,19 @@ public enum HypervisorSwapPolicy {
     /// and `elapsedMillis` since the last round (what the swap-out step scales with).
     ///
     /// The rules (docs/POLICY.md, "Hypervisor swapping"):
-    /// - high: no limits, no pauses. Memory is plentiful; a VM pages back in as it touches its memory.
-    /// - A VM is swapped when it is above its target by more than the tolerance and either the state is
-    ///   hard or low, or its balloon cannot deliver (no agent, or no progress for the grace period: the
-    ///   guest at its floor, refusing, or too slow). Once swapped, its limit follows its target until the
-    ///   host is back in high, so a VM that was swapped down does not grow back while memory is short.
-    /// - A limit falls by at most `stepBytesPerSecond` a round (it rises at once), and never by more than
-    ///   the host swap that is free beyond `swapReserveBytes`, taken by VMs in order: swap-out is I/O and
-    ///   a full swap device means the OOM killer.
-    /// - low: VMs above their targets are paused until the state is better than low; paused VMs are
-    ///   resumed the round the state recovers.
+    /// - A VM starts being swapped when it is above its target by more than the tolerance and either the
+    ///   state is hard or low, or the state is soft and its balloon cannot deliver (no agent, or no progress
+    ///   for the grace period: the guest at its floor, refusing, or too slow). In high nothing new is swapped,
+    ///   except to hold a VM to a target the operator fixed, when its balloon cannot deliver.
+    /// - Once swapped, a VM keeps a limit that follows its target (stepping down, rising at once) for as
+    ///   long as its target is below what it holds (resident + swapped): a VM swapped down does not grow
+    ///   back while memory is short. In high the limit only rises (no swap-out while memory is plentiful),
+    ///   and it is released once the target covers everything the VM holds, so it pages back in.
+    /// - A limit falls by at most `stepBytesPerSecond` a round and never by more than the host swap that is
+    ///   free beyond `swapReserveBytes`, taken by VMs in order: swap-out is I/O, and a full swap device
+    ///   turns a limit into an OOM kill.
+    /// - low: VMs above their targets are paused, and stay paused until the state is better than low; the
+    ///   round the state recovers, they are resumed.
     public static func decide(vms: [VM], state: FreeMemoryState, swapFreeBytes: UInt64, elapsedMillis: UInt64,
                               settings: SwapSettings) -> [Decision] {
         var swapLeft = swapFreeBytes > settings.swapReserveBytes ? swapFreeBytes - settings.swapReserveBytes : 0
@@ -67,19 +77,26 @@ public enum HypervisorSwapPolicy {
             // Paused until the state is better than low, even if swap brings the VM to its target first:
             // a VM resumed while memory is still low would grow and be paused again.
             let pause = state == .low && (above || vm.paused)
-            guard state != .high else {
-                let reason = vm.previousLimitBytes == nil ? "no limit: host memory is plentiful (high)"
-                    : "limit released: host memory is plentiful again (high)"
-                return Decision(name: vm.name, limitBytes: nil, pause: false, reason: reason)
+            let (holds, overflow) = vm.residentBytes.addingReportingOverflow(vm.swappedBytes)
+            if vm.previousLimitBytes != nil, !overflow, vm.targetBytes >= holds {
+                return Decision(name: vm.name, limitBytes: nil, pause: pause,
+                                reason: "limit released: the target (\(vm.targetBytes >> 20) MiB) covers all the VM holds (\(holds >> 20) MiB)")
             }
             guard vm.swapAllowed else {
                 return Decision(name: vm.name, limitBytes: nil, pause: pause,
-                                reason: above ? "above target but swapping is off for this VM" : "at target")
+                                reason: above ? "above target but this VM is not swapped (swap off, or no mechanism)" : "at target")
             }
-            let engaged = vm.previousLimitBytes != nil
             let balloonCannot = vm.balloon != .delivering
+            if state == .high && !(vm.fixedTarget && (above && balloonCannot || vm.previousLimitBytes != nil)) {
+                guard let previous = vm.previousLimitBytes else {
+                    return Decision(name: vm.name, limitBytes: nil, pause: false, reason: "no limit: host memory is plentiful (high)")
+                }
+                let limit = max(previous, vm.targetBytes)
+                return Decision(name: vm.name, limitBytes: limit, pause: false,
+                                reason: "limit \(limit >> 20) MiB kept, rising with the target: no swap-out while host memory is plentiful (high)")
+            }
             let needed = above && (state >= .hard || balloonCannot)
-            guard engaged || needed else {
+            guard vm.previousLimitBytes != nil || needed else {
                 let reason = above ? "above target; the balloon is delivering (\(state.rawValue))" : "at target"
                 return Decision(name: vm.name, limitBytes: nil, pause: pause, reason: reason)
             }
@@ -87,13 +104,11 @@ public enum HypervisorSwapPolicy {
             let from = min(vm.previousLimitBytes ?? vm.residentBytes, vm.residentBytes)
             var limit = max(vm.targetBytes, from > step ? from - step : 0)
             // Swap-out needs swap: what lies between resident and the limit goes there.
-            let outgoing = vm.residentBytes > limit ? vm.residentBytes - limit : 0
-            var why: String
-            if outgoing > swapLeft {
+            var why = state >= .hard ? "host memory is \(state.rawValue)"
+                : "the balloon cannot deliver (\(vm.balloon.description))\(vm.fixedTarget && state == .high ? " to the operator's fixed target" : "")"
+            if vm.residentBytes > limit, vm.residentBytes - limit > swapLeft {
                 limit = vm.residentBytes - swapLeft
                 why = "host swap is short: only \(swapLeft >> 20) MiB more may be swapped out"
-            } else {
-                why = state >= .hard ? "host memory is \(state.rawValue)" : "the balloon cannot deliver (\(vm.balloon.description))"
             }
             swapLeft -= min(swapLeft, vm.residentBytes > limit ? vm.residentBytes - limit : 0)
             let reason = limit > vm.targetBytes + tolerance

@@ -260,8 +260,9 @@ public final class HostEngine: @unchecked Sendable {
             let verdict = vm.balloonDelivery.observe(excessBytes: excess, agentEstablished: vm.isEstablished, nowMillis: nowMillis,
                                                      settings: settings, tolerance: tolerance)
             return HypervisorSwapPolicy.VM(name: vm.endpoint.name, targetBytes: target, residentBytes: vm.account.residentBytes,
-                                           balloon: verdict, swapAllowed: vm.swapper != nil && vm.figures != nil,
-                                           previousLimitBytes: vm.swapper?.limitBytes, paused: vm.paused)
+                                           swappedBytes: vm.account.swappedBytes, balloon: verdict, swapAllowed: vm.swapper != nil && vm.figures != nil,
+                                           previousLimitBytes: vm.swapper?.limitBytes, paused: vm.paused,
+                                           fixedTarget: vm.commandedTargetBytes != nil || vm.configuration.targetMiB != nil)
         }
         let decisions = HypervisorSwapPolicy.decide(vms: inputs, state: decision.state, swapFreeBytes: swapFreeBytes ?? 0,
                                                     elapsedMillis: Self.sampleMillis, settings: settings)

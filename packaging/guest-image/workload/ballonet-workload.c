@@ -5,6 +5,9 @@
  *                                                  application ramping up), print "held MIB MiB", keep it until killed
  *   ballonet-workload churn MIB SECONDS            re-touch MIB MiB for SECONDS, print the touch rate every second
  *   ballonet-workload pattern MIB SECONDS [SEED]   fill MIB MiB with a seeded pattern, re-verify it every second
+ *   ballonet-workload keep MIB [SEED]              fill MIB MiB with the pattern, leave it untouched until SIGUSR1,
+ *                                                  then verify it once and exit (data the host swapped out while
+ *                                                  it sat idle must come back intact)
  *   ballonet-workload alloc-until-fail STEP_MIB [MAX_MIB]
  *                                                  allocate and touch STEP_MIB at a time, print the running total
  *
@@ -22,6 +25,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -51,6 +55,7 @@ static int usage(void) {
             "usage: ballonet-workload hold MIB [MIB_PER_S]\n"
             "       ballonet-workload churn MIB SECONDS\n"
             "       ballonet-workload pattern MIB SECONDS [SEED]\n"
+            "       ballonet-workload keep MIB [SEED]\n"
             "       ballonet-workload alloc-until-fail STEP_MIB [MAX_MIB]\n");
     return EXIT_USAGE;
 }
@@ -191,6 +196,41 @@ static int pattern(uint64_t mib, uint64_t seconds, uint64_t seed) {
     return 0;
 }
 
+static volatile sig_atomic_t verify_requested = 0;
+static void request_verify(int signal_number) {
+    (void)signal_number;
+    verify_requested = 1;
+}
+
+static int keep(uint64_t mib, uint64_t seed) {
+    size_t bytes = mib * mebibyte;
+    uint64_t *words = (uint64_t *)map_mib(mib);
+    if (words == NULL) {
+        say("keep: cannot map %" PRIu64 " MiB: %s", mib, strerror(errno));
+        return EXIT_ALLOCATION;
+    }
+    signal(SIGUSR1, request_verify);
+    const size_t count = bytes / sizeof(uint64_t);
+    for (size_t i = 0; i < count; i++) words[i] = pattern_word(seed, i);
+    const uint64_t recorded = checksum_words(words, count);
+    say("keep filled %" PRIu64 " MiB seed=%" PRIu64 " checksum=%016" PRIx64 " pid=%ld", mib, seed, recorded, (long)getpid());
+    while (!verify_requested) pause();
+    for (size_t i = 0; i < count; i++) {
+        if (words[i] != pattern_word(seed, i)) {
+            say("keep MISMATCH at offset 0x%zx (page %zu): expected %016" PRIx64 " found %016" PRIx64,
+                i * sizeof(uint64_t), i * sizeof(uint64_t) / page_size, pattern_word(seed, i), words[i]);
+            return EXIT_MISMATCH;
+        }
+    }
+    uint64_t now = checksum_words(words, count);
+    if (now != recorded) {
+        say("keep MISMATCH: checksum %016" PRIx64 " != %016" PRIx64, now, recorded);
+        return EXIT_MISMATCH;
+    }
+    say("keep ok %" PRIu64 " MiB checksum=%016" PRIx64, mib, now);
+    return 0;
+}
+
 static int alloc_until_fail(uint64_t step_mib, uint64_t max_mib) {
     uint64_t total = 0;
     while (max_mib == 0 || total + step_mib <= max_mib) {
@@ -228,6 +268,11 @@ int main(int argc, char **argv) {
         uint64_t mib = parse_count(argv[2], max_mib), seconds = parse_count(argv[3], max_seconds);
         uint64_t seed = argc == 5 ? parse_count(argv[4], UINT64_MAX) : 0x42A11011ull;
         return mib && seconds && seed ? pattern(mib, seconds, seed) : usage();
+    }
+    if (strcmp(command, "keep") == 0 && (argc == 3 || argc == 4)) {
+        uint64_t mib = parse_count(argv[2], max_mib);
+        uint64_t seed = argc == 4 ? parse_count(argv[3], UINT64_MAX) : 0x42A11011ull;
+        return mib && seed ? keep(mib, seed) : usage();
     }
     if (strcmp(command, "alloc-until-fail") == 0 && (argc == 3 || argc == 4)) {
         uint64_t step = parse_count(argv[2], max_mib);
