@@ -79,6 +79,7 @@ public final class TCGGuest: @unchecked Sendable {
         virtioBalloon: Bool = false,
         ramBacking: RAMBacking = .memfd,
         startPaused: Bool = false,
+        memoryCgroup: String? = nil,
         workDirectory: URL
     ) throws -> TCGGuest {
         guard !name.isEmpty, name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-") }) else {
@@ -164,6 +165,11 @@ public final class TCGGuest: @unchecked Sendable {
             defer { qmp.close() }
             // A paused machine (startPaused) never runs its guest: a QEMU with real guest RAM, a RAM map and
             // QMP, whose memory a test may punch without harming anyone (the hostile-guest tests do).
+            // A memory cgroup of its own (as libvirt gives each domain), entered before the guest touches its RAM:
+            // pages are charged where they are first touched.
+            if let memoryCgroup {
+                try "\(process.processIdentifier)".write(toFile: memoryCgroup + "/cgroup.procs", atomically: false, encoding: .utf8)
+            }
             if !startPaused { _ = try qmp.execute(#"{"execute":"cont"}"#, timeout: 20) }
         } catch {
             throw abandon("QEMU did not come up: \(error)")

@@ -40,6 +40,8 @@ public struct VMAccount: Codable, Equatable, Sendable {
     public var guestWorkingSetEstimateBytes: UInt64?
     /// The host sampler's last sample: guest RAM referenced during its last period, and the period.
     public var hostReferencedBytes: UInt64?
+    /// Samples the host sampler has taken of this VM.
+    public var hostSamples: UInt64 = 0
     public var samplingPeriodMillis: UInt64?
     /// What the last sample cost the host agent (clear_refs and the smaps read), microseconds.
     public var samplingCostMicros: UInt64?

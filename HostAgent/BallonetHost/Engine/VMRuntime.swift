@@ -391,6 +391,7 @@ final class VMRuntime {
                     hostEstimator.observe(activeBytes: min(sample.activeBytes, account.memoryBytes), elapsedMillis: sample.elapsedMillis)
                     hostEstimateFreshUntilMillis = nowMillis + RuntimeTiming.estimateLifetimeMillis(samplePeriodMillis: sampler.periodMillis)
                     account.hostReferencedBytes = sample.activeBytes
+                    account.hostSamples &+= 1
                     account.hostWorkingSetEstimateBytes = hostEstimator.estimateBytes
                     account.samplingCostMicros = sampler.lastCostNanos / 1000
                     logger.debug("sampled: \(sample.activeBytes >> 20) MiB referenced in \(sample.elapsedMillis) ms, estimate \((hostEstimator.estimateBytes ?? 0) >> 20) MiB, cost \(sampler.lastCostNanos / 1000) µs",
