@@ -12,7 +12,7 @@ FUZZ_CORPUS := Fuzz/corpus/decoder
 CHECK_FUZZ_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 
-.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy simulate demo clean
+.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy bench-sampling sampling-trace simulate demo clean
 
 ## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
 ## The test runner's summary is the last thing it prints.
@@ -70,6 +70,18 @@ bench-inflate: deps
 	$(SWIFT) build --product ballonet-bench-inflate
 	@mkdir -p docs/benchmarks
 	$$($(SWIFT) build --show-bin-path)/ballonet-bench-inflate | tee docs/benchmarks/inflate.md
+
+## bench-sampling: the cost of one host sampling round per GiB of guest RAM and the swap-out rate of the pageout
+## and cgroup swappers, on a 1 GiB TCG guest; report in docs/benchmarks/sampling.md. Needs root.
+bench-sampling: deps
+	$(SWIFT) build -c release --product ballonet-bench-sampling
+	@mkdir -p docs/benchmarks
+	.build/release/ballonet-bench-sampling | tee docs/benchmarks/sampling.md
+
+## sampling-trace: the host sampler's accuracy test (W = 64, 192, 64 MiB in a TCG guest), its per-period trace
+## kept in docs/benchmarks/sampling-trace.md.
+sampling-trace: deps
+	BALLONET_TRACE_OUT=$(CURDIR)/docs/benchmarks/sampling-trace.md $(SWIFT) test --filter IdlePageSamplingInTCGGuestTests
 
 ## simulate: runs the policy simulator over every scenario in scenarios/ and writes its CSV and SVG plot to
 ## docs/policy/ (the SVGs are what docs/POLICY.md shows).

@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "ballonet-bench-guest", targets: ["ballonet-bench-guest"]),
         .executable(name: "ballonet-bench-inflate", targets: ["ballonet-bench-inflate"]),
         .executable(name: "ballonet-bench-policy", targets: ["ballonet-bench-policy"]),
+        .executable(name: "ballonet-bench-sampling", targets: ["ballonet-bench-sampling"]),
         .library(name: "BallonetWire", targets: ["BallonetWire"]),
         .library(name: "BallonetLinux", targets: ["BallonetLinux"]),
         .library(name: "BallonetPolicy", targets: ["BallonetPolicy"]),
@@ -80,6 +81,9 @@ let package = Package(
 
         // `make bench-policy`: one policy round for 10 to 10,000 VMs.
         .executableTarget(name: "ballonet-bench-policy", dependencies: ["BallonetPolicy"], path: "Benchmarks/PolicyBench"),
+        // `make bench-sampling`: one host sampling round per GiB, and the swap-out rate of each swap mechanism.
+        .executableTarget(name: "ballonet-bench-sampling", dependencies: ["BallonetHost", "BallonetLinux", "BallonetTestSupport"],
+                          path: "Benchmarks/SamplingBench"),
 
         .testTarget(name: "BallonetWireTests", dependencies: ["BallonetWire"], path: "Tests/BallonetWireTests"),
         .testTarget(name: "BallonetLinuxTests", dependencies: ["BallonetLinux"], path: "Tests/BallonetLinuxTests",

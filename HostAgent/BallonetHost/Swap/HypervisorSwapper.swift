@@ -23,12 +23,12 @@ public enum SwapMode: String, CaseIterable, Equatable, Sendable {
 ///   2 MiB ranges of guest RAM chosen at random, as ESX did, until the VM is at its limit: the host has no
 ///   per-page access information for a process without page_idle (`IdlePageSamplingSupport`). Content is
 ///   kept in host swap; pages the guest touches again come back by fault.
-final class HypervisorSwapper {
-    enum Mechanism: Equatable {
+public final class HypervisorSwapper {
+    public enum Mechanism: Equatable {
         case cgroup(MemoryCgroup)
         case pageout
 
-        var name: String {
+        public var name: String {
             switch self {
             case .cgroup(let group): "cgroup \(group.version.rawValue) (\(group.path))"
             case .pageout: "pageout of random 2 MiB ranges"
@@ -36,20 +36,20 @@ final class HypervisorSwapper {
         }
     }
 
-    let mechanism: Mechanism
+    public let mechanism: Mechanism
     /// The limit on guest RAM in force (nil: none).
-    private(set) var limitBytes: UInt64?
+    public private(set) var limitBytes: UInt64?
     /// What the cgroup limit was last set to (guest limit + QEMU's own memory).
     private var groupLimitBytes: UInt64?
     /// Bytes paged out by the pageout mechanism since the agent started (what the kernel advised).
-    private(set) var pagedOutBytes: UInt64 = 0
+    public private(set) var pagedOutBytes: UInt64 = 0
     private var random = SystemRandomNumberGenerator()
 
     /// Pageout picks ranges of this size: a huge page, so a THP-backed guest's pages are not split, and
     /// 512 ranges a GiB keep each advice call short.
     static let rangeBytes: UInt64 = 2 << 20
 
-    init(mechanism: Mechanism) { self.mechanism = mechanism }
+    public init(mechanism: Mechanism) { self.mechanism = mechanism }
 
     /// Chooses the mechanism for QEMU `processID` under `mode`; nil when the VM is not to be swapped (with
     /// the reason).
@@ -77,7 +77,7 @@ final class HypervisorSwapper {
 
     /// Brings the VM toward `limit` (nil: releases any limit). `figures` is guest RAM as smaps showed it
     /// this round. Returns a line for the log when something was done.
-    func apply(limit: UInt64?, figures: GuestRAMFigures, reclaimer: GuestRAMReclaimer) throws -> String? {
+    public func apply(limit: UInt64?, figures: GuestRAMFigures, reclaimer: GuestRAMReclaimer) throws -> String? {
         defer { limitBytes = limit }
         switch mechanism {
         case .cgroup(let group):
