@@ -70,7 +70,7 @@ let roundMedian = clears[clears.count / 2] + reads[reads.count / 2]
 
 /// Takes `swapOutMiB` out of the guest with `swapper`, one `apply` per round as the engine does (`step` MiB
 /// lower each time for the cgroup; the pageout swapper takes what is above the limit in one call).
-func swapOut(_ swapper: HypervisorSwapper, stepMiB: UInt64) throws -> (seconds: Double, rounds: Int, fromMiB: UInt64, toMiB: UInt64) {
+@MainActor func swapOut(_ swapper: HypervisorSwapper, stepMiB: UInt64) throws -> (seconds: Double, rounds: Int, fromMiB: UInt64, toMiB: UInt64) {
     let before = try reclaimer.guestRAMFigures()
     let goal = before.residentBytes - (swapOutMiB << 20)
     var limit = before.residentBytes
