@@ -206,7 +206,7 @@ public struct ControlCommand: ParsableCommand {
 
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show the host's memory state and each VM: target, balloon, resident, swapped, working set, min, max, shares, reclaimed memory, agent version and session.")
+            abstract: "Show the host's memory state and each VM: target, balloon, resident, swapped, hypervisor-swap limit, working set, min, max, shares, reclaimed memory, agent version and session.")
 
         @OptionGroup var socket: SocketOption
         @Flag(name: .long, help: "Print the status as JSON (sizes in bytes).")
@@ -376,12 +376,13 @@ public enum ExplanationText {
 public enum StatusTable {
     public static func render(_ status: HostStatus) -> String {
         func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20)" } ?? "-" }
-        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "SWAPPED", "WSET", "MIN", "MAX", "SHARES", "RECLAIMED",
+        var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "SWAPPED", "LIMIT", "WSET", "MIN", "MAX", "SHARES", "RECLAIMED",
                                  "METHOD", "AGENT", "STATE"]]
         for vm in status.vms {
-            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.swappedBytes),
+            rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.swappedBytes), mib(vm.swapLimitBytes),
                          mib(vm.workingSetEstimateBytes), mib(vm.minBytes), mib(vm.maxBytes), vm.shares.map(String.init) ?? "-",
-                         mib(vm.reclaimedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.agentVersion ?? "-", vm.state])
+                         mib(vm.reclaimedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.agentVersion ?? "-",
+                         vm.paused ? "paused by the host (low memory); " + vm.state : vm.state])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
         var text = ""
@@ -397,7 +398,7 @@ public enum StatusTable {
         for row in rows {
             let cells = row.enumerated().map { index, cell in
                 let pad = String(repeating: " ", count: widths[index] - cell.count)
-                return index == 0 || index >= 10 ? cell + pad : pad + cell
+                return index == 0 || index >= 11 ? cell + pad : pad + cell
             }
             text += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
         }
@@ -405,7 +406,9 @@ public enum StatusTable {
         let memory = status.vms.reduce(0) { $0 + $1.memoryBytes }
         let reclaimed = status.vms.reduce(0) { $0 + $1.reclaimedBytes }
         text += "sizes in MiB; the VMs have \(memory >> 20) MiB of RAM, \(resident >> 20) MiB of it resident on the host"
-            + (status.budgetBytes.map { " (budget \($0 >> 20) MiB)" } ?? "") + "; \(reclaimed >> 20) MiB reclaimed so far\n"
+            + (status.budgetBytes.map { " (budget \($0 >> 20) MiB)" } ?? "") + "; \(reclaimed >> 20) MiB reclaimed so far"
+            + (status.swapTotalBytes.map { total in "; host swap \((status.swapFreeBytes ?? 0) >> 20) of \(total >> 20) MiB free" } ?? "")
+            + "; LIMIT: hypervisor-swap limit\n"
         return text
     }
 }

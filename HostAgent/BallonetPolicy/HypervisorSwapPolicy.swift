@@ -105,7 +105,8 @@ public enum HypervisorSwapPolicy {
             var limit = max(vm.targetBytes, from > step ? from - step : 0)
             // Swap-out needs swap: what lies between resident and the limit goes there.
             var why = state >= .hard ? "host memory is \(state.rawValue)"
-                : "the balloon cannot deliver (\(vm.balloon.description))\(vm.fixedTarget && state == .high ? " to the operator's fixed target" : "")"
+                : balloonCannot ? "the balloon cannot deliver (\(vm.balloon.description))\(vm.fixedTarget && state == .high ? " to the operator's fixed target" : "")"
+                : "swapped earlier; kept until the target covers all the VM holds"
             if vm.residentBytes > limit, vm.residentBytes - limit > swapLeft {
                 limit = vm.residentBytes - swapLeft
                 why = "host swap is short: only \(swapLeft >> 20) MiB more may be swapped out"

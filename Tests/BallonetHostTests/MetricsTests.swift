@@ -222,6 +222,11 @@ enum PrometheusParser {
         web.batchesDeclined = 7
         web.refusedMessages = 2
         web.pressureReleasedBytes = 64 << 20
+        web.hostWorkingSetEstimateBytes = 1_000_000_000
+        web.samplingCostMicros = 2_500
+        web.swapLimitBytes = 3 << 30
+        web.paused = true
+        web.pagedOutBytes = 96 << 20
         // Beyond 2^53: printed exactly, read back as the nearest double.
         web.reclaimedBytes = (1 << 60) + 1
 
@@ -284,6 +289,11 @@ enum PrometheusParser {
             put("ballonet_vm_refused_messages_total", vm.refusedMessages)
             put("ballonet_vm_pressure_released_bytes_total", vm.pressureReleasedBytes)
             put("ballonet_vm_refused", 0)
+            put("ballonet_vm_host_working_set_estimate_bytes", vm.hostWorkingSetEstimateBytes)
+            if let cost = vm.samplingCostMicros { expected["ballonet_vm_sampling_cost_seconds{vm=\"\(vm.name)\"}"] = Double(cost) / 1_000_000 }
+            put("ballonet_vm_swap_limit_bytes", vm.swapLimitBytes)
+            put("ballonet_vm_paused", vm.paused ? 1 : 0)
+            put("ballonet_vm_paged_out_bytes_total", vm.pagedOutBytes)
         }
         #expect(series == expected)
         for key in Set(series.keys).symmetricDifference(expected.keys).sorted() { Issue.record("series \(key) only on one side") }

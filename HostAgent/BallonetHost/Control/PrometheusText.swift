@@ -80,6 +80,22 @@ public enum PrometheusText {
         VMFamily(name: "ballonet_vm_working_set_estimate_bytes", kind: .gauge, help: "The policy's estimate of the VM's working set.") {
             $0.workingSetEstimateBytes.map { .integer($0) }
         },
+        VMFamily(name: "ballonet_vm_host_working_set_estimate_bytes", kind: .gauge,
+                 help: "The host sampler's working-set estimate (accessed bits of QEMU's guest RAM).") {
+            $0.hostWorkingSetEstimateBytes.map { .integer($0) }
+        },
+        VMFamily(name: "ballonet_vm_sampling_cost_seconds", kind: .gauge, help: "What the host sampler's last sample of the VM cost.") {
+            $0.samplingCostMicros.map { .real(Double($0) / 1_000_000) }
+        },
+        VMFamily(name: "ballonet_vm_swap_limit_bytes", kind: .gauge,
+                 help: "The hypervisor-swap limit on the VM's resident guest RAM; absent when there is none.") {
+            $0.swapLimitBytes.map { .integer($0) }
+        },
+        VMFamily(name: "ballonet_vm_paused", kind: .gauge, help: "1 while the host keeps the VM paused in the low state, else 0.") {
+            .integer($0.paused ? 1 : 0)
+        },
+        VMFamily(name: "ballonet_vm_paged_out_bytes_total", kind: .counter,
+                 help: "Guest RAM paged out to host swap by hypervisor swapping (pageout mechanism).") { .integer($0.pagedOutBytes) },
         VMFamily(name: "ballonet_vm_min_bytes", kind: .gauge, help: "The least memory the policy leaves the VM.") { $0.minBytes.map { .integer($0) } },
         VMFamily(name: "ballonet_vm_max_bytes", kind: .gauge, help: "The most memory the policy gives the VM.") { $0.maxBytes.map { .integer($0) } },
         VMFamily(name: "ballonet_vm_shares", kind: .gauge, help: "The VM's memory shares.") { $0.shares.map { .integer($0) } },
