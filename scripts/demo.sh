@@ -116,4 +116,6 @@ echo "== summary after ${seconds}s"
 echo
 for vm in idle busy growing; do "$bin/ballonetctl" explain "$vm" --socket "$work/state/control.sock" | head -n 1; done
 echo "decisions logged: $(grep -c 'target [0-9]* MiB:' "$work/host.log" || true) target changes, $(grep -c 'host memory state' "$work/host.log" || true) state changes, $(grep -c 'balloon target' "$work/host.log" || true) balloon requests,"\
-     "$(grep -c 'under memory pressure' "$work/host.log" || true) guest pressure releases, $(grep -c 'refused guest message' "$work/host.log" || true) refused guest messages"
+     "$(grep -c 'under memory pressure' "$work/host.log" || true) guest pressure releases, $(grep -c 'refused guest message' "$work/host.log" || true) refused guest messages,"\
+     "$(grep -c 'hypervisor swapping starts' "$work/host.log" || true) hypervisor swap episodes, $(grep -c '\] paused:' "$work/host.log" || true) pauses"
+grep -E 'hypervisor swapping (starts|ends)|\] (paused|resumed):' "$work/host.log" | sed 's/^[^ ]* [a-z]* ballonet-host: //' || true
