@@ -126,10 +126,10 @@ if let cgroup {
 }
 report += """
 
-Random pageout needs several rounds: a random 2 MiB range holds the guest's resident fraction of it on
-average, so each round takes a little less than asked and the next round measures again. The engine runs
-one round a second and lowers a limit by at most `swap_step_mib` (128) a second, so in the agent swap-out is
-paced to 128 MiB/s per VM whichever mechanism is faster here.
+The pageout swapper takes what is above its limit in one call, as many random 2 MiB ranges as the
+guest's resident fraction says hold that much; ranges that were not resident leave a remainder the next
+round measures and takes. The cgroup is lowered 128 MiB at a time, and the kernel reclaims inside each write.
+In the agent both are paced by the policy: a limit falls by at most `swap_step_mib` (128) a second per VM.
 
 """
 print(report, terminator: "")

@@ -36,6 +36,8 @@ public final class HostEngine: @unchecked Sendable {
     private var swapFreeBytes: UInt64?
     /// Warned once that hypervisor swapping has no host swap to use.
     private var warnedNoSwap = false
+    /// When the last swap round ran: a limit steps by the time since (a `set` runs an extra round).
+    private var lastSwapRoundMillis: UInt64?
 
 
     /// How often resident memory is read from smaps and the budget is shared out: once a second is
@@ -264,8 +266,10 @@ public final class HostEngine: @unchecked Sendable {
                                            previousLimitBytes: vm.swapper?.limitBytes, paused: vm.paused,
                                            fixedTarget: vm.commandedTargetBytes != nil || vm.configuration.targetMiB != nil)
         }
+        let elapsed = lastSwapRoundMillis.map { nowMillis > $0 ? nowMillis - $0 : 0 } ?? Self.sampleMillis
+        lastSwapRoundMillis = nowMillis
         let decisions = HypervisorSwapPolicy.decide(vms: inputs, state: decision.state, swapFreeBytes: swapFreeBytes ?? 0,
-                                                    elapsedMillis: Self.sampleMillis, settings: settings)
+                                                    elapsedMillis: elapsed, settings: settings)
         for (vm, made) in zip(participants, decisions) {
             if made.limitBytes != nil, (swapTotalBytes ?? 0) == 0, !warnedNoSwap {
                 warnedNoSwap = true

@@ -407,6 +407,12 @@ final class VMRuntime {
             logger.warning("cannot read QEMU's memory figures: \(error)")
             if !ProcessControl.exists(reclaimer.processID) {
                 account.state = "QEMU (pid \(reclaimer.processID)) is gone"
+                // Nothing is paused or limited any more; a marker left would resume a later VM of this name.
+                if paused { pauseMarkers.remove(endpoint.name) }
+                paused = false
+                account.paused = false
+                swapper = nil
+                account.swapLimitBytes = nil
                 self.reclaimer = nil
                 self.map = nil
                 self.figures = nil

@@ -87,6 +87,12 @@ struct IdlePageSampler {
         clearNanos = Self.nanoseconds(MonotonicInstant.now().duration(since: started))
     }
 
+    /// For tests: the bits were cleared at `nowMillis` at no cost.
+    mutating func markCleared(atMillis nowMillis: UInt64) {
+        clearedAtMillis = nowMillis
+        clearNanos = 0
+    }
+
     /// A period ended with `referencedBytes` touched, read from smaps in `readNanos`. Returns the active
     /// bytes and the time they cover, and adapts the period to the sample's cost (the clear and the read).
     mutating func finishPeriod(referencedBytes: UInt64, nowMillis: UInt64, readNanos: UInt64) -> (activeBytes: UInt64, elapsedMillis: UInt64)? {
