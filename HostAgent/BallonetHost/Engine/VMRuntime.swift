@@ -398,7 +398,12 @@ final class VMRuntime {
                                  metadata: ["sampler": "clear_refs"])
                 }
                 if sampler.clearedAtMillis == nil || sampler.isDue(nowMillis: nowMillis) {
-                    try sampler.startPeriod(processID: reclaimer.processID, nowMillis: nowMillis)
+                    do {
+                        try sampler.startPeriod(processID: reclaimer.processID, nowMillis: nowMillis)
+                    } catch {
+                        // The estimate goes stale and drops out; the resident figures above still count.
+                        logger.warning("cannot clear QEMU's accessed bits for idle page sampling: \(error)")
+                    }
                 }
                 account.samplingPeriodMillis = sampler.periodMillis
                 self.sampler = sampler
