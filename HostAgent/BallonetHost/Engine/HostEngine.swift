@@ -145,7 +145,9 @@ public final class HostEngine: @unchecked Sendable {
             }
             if now >= nextSampleMillis {
                 nextSampleMillis = now + Self.sampleMillis
-                for vm in vms { vm.sampleHostFigures(nowMillis: now) }
+                // Every round needs exact figures only when memory is short; a calm host reads smaps once a period.
+                let precise = (lastDecision?.state ?? .high) != .high
+                for vm in vms { vm.sampleHostFigures(nowMillis: now, precise: precise) }
                 policyRound(nowMillis: now)
                 if metrics != nil { metricsPage.update(PrometheusText.render(status())) }
             }

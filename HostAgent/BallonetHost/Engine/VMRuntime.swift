@@ -27,8 +27,10 @@ final class VMRuntime {
     let swapMode: SwapMode
     var balloonDelivery = BalloonDelivery()
     private(set) var paused = false
-    /// The last smaps figures of guest RAM (read every second).
+    /// Guest RAM's figures as of this round, and when smaps was last read for them (`GuestRAMCounterCalibration`).
     private(set) var figures: GuestRAMFigures?
+    private var calibration: GuestRAMCounterCalibration?
+    private var smapsReadMillis: UInt64?
     /// Where the agent notes the VMs it paused, so a restarted agent resumes them (`PauseMarkers`).
     let pauseMarkers: PauseMarkers
     let memoryCgroups: (root: String, version: MemoryCgroup.Version)?
@@ -374,19 +376,33 @@ final class VMRuntime {
         perform(actions, nowMillis: nowMillis)
     }
 
-    /// Reads guest RAM's figures from smaps, and the memfd's size; ends and begins the host sampler's periods.
-    func sampleHostFigures(nowMillis: UInt64) {
+    /// Reads guest RAM's figures and the memfd's size; ends and begins the host sampler's periods. smaps (a
+    /// walk of QEMU's page tables) is read when `precise` (the host is short of memory), while the VM is
+    /// swapped or paused, when a sample is due, and at least every `RuntimeTiming.smapsMaximumIntervalMillis`;
+    /// in between, QEMU's status counters stand in (`GuestRAMCounterCalibration`).
+    func sampleHostFigures(nowMillis: UInt64, precise: Bool) {
         guard let reclaimer else { return }
         do {
-            let started = MonotonicInstant.now()
-            let figures = try reclaimer.guestRAMFigures()
-            let readNanos = IdlePageSampler.nanoseconds(MonotonicInstant.now().duration(since: started))
+            let samplerDue = sampler.map { $0.clearedAtMillis == nil || $0.isDue(nowMillis: nowMillis) } ?? false
+            let stale = smapsReadMillis.map { nowMillis >= $0 + RuntimeTiming.smapsMaximumIntervalMillis } ?? true
+            let needsSmaps = precise || samplerDue || stale || paused || swapper?.limitBytes != nil
+            let figures: GuestRAMFigures
+            var readNanos: UInt64 = 0
+            if !needsSmaps, let calibration, let last = self.figures {
+                figures = calibration.estimate(status: try ProcFiles.status(of: .id(reclaimer.processID)), last: last)
+            } else {
+                let started = MonotonicInstant.now()
+                figures = try reclaimer.guestRAMFigures()
+                readNanos = max(IdlePageSampler.nanoseconds(MonotonicInstant.now().duration(since: started)), 1)
+                calibration = (try? ProcFiles.status(of: .id(reclaimer.processID))).map { GuestRAMCounterCalibration(figures: figures, status: $0) }
+                smapsReadMillis = nowMillis
+            }
             self.figures = figures
             account.residentBytes = figures.residentBytes
             account.swappedBytes = figures.swappedBytes
             account.backingFileBytes = reclaimer.fileAllocatedBytes()
             if var sampler {
-                if sampler.isDue(nowMillis: nowMillis),
+                if sampler.isDue(nowMillis: nowMillis), readNanos > 0,
                    let sample = sampler.finishPeriod(referencedBytes: figures.referencedBytes, nowMillis: nowMillis, readNanos: readNanos) {
                     hostEstimator.observe(activeBytes: min(sample.activeBytes, account.memoryBytes), elapsedMillis: sample.elapsedMillis)
                     hostEstimateFreshUntilMillis = nowMillis + RuntimeTiming.estimateLifetimeMillis(samplePeriodMillis: sampler.periodMillis)
@@ -421,6 +437,7 @@ final class VMRuntime {
                 self.reclaimer = nil
                 self.map = nil
                 self.figures = nil
+                calibration = nil
                 port = nil
                 session = nil
             }
@@ -448,6 +465,9 @@ enum RuntimeTiming {
     /// How long a working-set estimate stays good without a new sample: three of the guest's periods, at
     /// least 30 s. After that the VM counts as fully active (not trimmed) until samples come again.
     static func estimateLifetimeMillis(samplePeriodMillis: UInt64) -> UInt64 { max(3 * samplePeriodMillis, 30_000) }
+    /// The longest the host goes without reading a VM's smaps (when the sampler is off or slower): the
+    /// status counters that stand in between reads drift with QEMU's own memory, and swap-in is seen only there.
+    static let smapsMaximumIntervalMillis: UInt64 = 5_000
     /// One read from a port: a few frames' worth; the loop comes back for more.
     static let readChunkBytes = 256 << 10
 }

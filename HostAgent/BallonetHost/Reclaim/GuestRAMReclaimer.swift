@@ -216,3 +216,36 @@ public struct GuestRAMFigures: Equatable, Sendable {
     public var referencedBytes: UInt64 = 0
     public init() {}
 }
+
+/// Guest RAM's figures between two smaps reads, from QEMU's /proc/<pid>/status counters.
+///
+/// smaps walks every page table of QEMU (20 ms per GiB of guest RAM here: `make bench-sampling`), status
+/// reads the kernel's per-process counters (microseconds). So smaps is read once per sampling period, and
+/// every round while the host is short of memory or swapping the VM; in between, resident guest RAM is
+/// QEMU's RssAnon + RssShmem less what QEMU held beside guest RAM at the last smaps read (its heap, TCG's
+/// buffers, other shared memory), which moves little in a few seconds. Swap cannot be followed so (a
+/// memfd's pages in swap are no swap entries in QEMU's page tables, so VmSwap misses them): it keeps its
+/// last smaps figure until the next read.
+public struct GuestRAMCounterCalibration: Equatable, Sendable {
+    /// QEMU's counters less guest RAM's resident bytes, at the last smaps read (may be negative: counters
+    /// and smaps are read a moment apart).
+    public private(set) var residentOffset: Int64
+
+    /// Calibrates from an smaps read and the status counters read right after it.
+    public init(figures: GuestRAMFigures, status: ProcessStatus) {
+        residentOffset = Int64(clamping: Self.counter(status)) - Int64(clamping: figures.residentBytes)
+    }
+
+    /// The figures now from `status`, with the swap and referenced figures of the last smaps read.
+    public func estimate(status: ProcessStatus, last: GuestRAMFigures) -> GuestRAMFigures {
+        var figures = last
+        let resident = Int64(clamping: Self.counter(status)) - residentOffset
+        figures.residentBytes = resident > 0 ? UInt64(resident) : 0
+        return figures
+    }
+
+    static func counter(_ status: ProcessStatus) -> UInt64 {
+        let (sum, overflow) = status.rssAnon.addingReportingOverflow(status.rssShmem)
+        return overflow ? .max : sum
+    }
+}
