@@ -32,4 +32,21 @@ import Testing
         #expect(!handled)
         #expect(held < ControlLimits.requestTimeout + .milliseconds(300), "the loop was held for \(held)")
     }
+
+    /// Out of descriptors, the client stays queued and poll says "readable" at once: the listener pauses
+    /// each time and warns once per interval, instead of spinning and logging without end.
+    @Test func acceptFailuresPauseWhenOutOfDescriptorsAndWarnOncePerInterval() {
+        var failures = AcceptFailures()
+        let logger = Logger(label: "test")
+        let emfile = SystemCallError("accept4", .EMFILE)
+        #expect(failures.record(emfile, logger: logger, what: "control socket", nowMillis: 1_000, pause: false) == .init(warned: true, paused: true))
+        #expect(failures.record(emfile, logger: logger, what: "control socket", nowMillis: 5_000, pause: false) == .init(warned: false, paused: true))
+        #expect(failures.record(emfile, logger: logger, what: "control socket", nowMillis: 11_000, pause: false) == .init(warned: true, paused: true))
+        // A client that went away: nothing to say or wait for.
+        #expect(failures.record(SystemCallError("accept4", .ECONNABORTED), logger: logger, what: "metrics", nowMillis: 30_000, pause: false)
+                    == .init(warned: false, paused: false))
+        // Another failure is logged (rate-limited) but does not pause.
+        #expect(failures.record(SystemCallError("accept4", .EPERM), logger: logger, what: "metrics", nowMillis: 30_000, pause: false)
+                    == .init(warned: true, paused: false))
+    }
 }

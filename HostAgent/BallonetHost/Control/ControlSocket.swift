@@ -96,9 +96,17 @@ final class ControlServer {
 
     deinit { try? FileSystem.removeFile(path) }
 
+    private var acceptFailures = AcceptFailures()
+
     /// Accepts one client, reads its request, answers, closes.
     func serveOne(_ handle: (ControlRequest) -> ControlResponse) {
-        guard let connection = try? listener.descriptor.accept(nonBlocking: false) else { return }
+        let connection: FileDescriptor
+        do {
+            connection = try listener.descriptor.accept(nonBlocking: false)
+        } catch {
+            acceptFailures.record(error, logger: logger, what: "control socket")
+            return
+        }
         let response: ControlResponse
         do {
             let credentials = try connection.peerCredentials()
@@ -166,5 +174,41 @@ public enum ControlClient {
         }
         guard !buffer.isEmpty else { throw ControlError("ballonet-host closed the connection without an answer") }
         return try JSONDecoder().decode(ControlResponse.self, from: Data(buffer))
+    }
+}
+
+/// What a listener does when accept fails. Out of descriptors (EMFILE, ENFILE) the client stays queued, so
+/// poll says "readable" again at once: without a pause the loop would spin at full CPU and log without end.
+/// So: a warning at most every `warningIntervalMillis`, and a pause of `pauseMillis` before the loop goes on.
+struct AcceptFailures {
+    /// 10 s: an operator sees the problem in the journal without one line per client.
+    static let warningIntervalMillis: UInt64 = 10_000
+    /// 100 ms: the engine's own tick, so VMs are served as often as usual while descriptors are short.
+    static let pauseMillis: Int64 = 100
+    private var lastWarningMillis: UInt64?
+
+    /// What `record` did: whether it logged, and whether it paused the caller.
+    struct Outcome: Equatable {
+        var warned: Bool
+        var paused: Bool
+    }
+
+    @discardableResult
+    mutating func record(_ error: SystemCallError, logger: Logger, what: String, nowMillis: UInt64 = HostEngine.nowMillis(),
+                         pause: Bool = true) -> Outcome {
+        // The client went away between poll and accept: nothing to say.
+        guard error.errno != .EAGAIN, error.errno != .ECONNABORTED else { return Outcome(warned: false, paused: false) }
+        var outcome = Outcome(warned: false, paused: false)
+        let outOfDescriptors = error.errno == .EMFILE || error.errno == .ENFILE
+        if lastWarningMillis.map({ nowMillis >= $0 + Self.warningIntervalMillis }) ?? true {
+            lastWarningMillis = nowMillis
+            outcome.warned = true
+            logger.warning("\(what): cannot accept a connection: \(error)\(outOfDescriptors ? " (out of file descriptors: raise LimitNOFILE or find what holds them)" : "")")
+        }
+        if outOfDescriptors {
+            outcome.paused = true
+            if pause { MonotonicClock.sleep(for: .milliseconds(Self.pauseMillis)) }
+        }
+        return outcome
     }
 }

@@ -97,6 +97,9 @@ final class MetricsServer: @unchecked Sendable {
         return octets
     }
 
+    /// Touched only by the metrics thread (the one that calls `serveOne`).
+    private var acceptFailures = AcceptFailures()
+
     /// Accepts one client, reads its request, answers, closes. `render` is called only for a request
     /// that gets the metrics.
     func serveOne(_ render: () -> String) {
@@ -104,10 +107,7 @@ final class MetricsServer: @unchecked Sendable {
         do {
             connection = try listener.descriptor.accept(nonBlocking: true)
         } catch {
-            // EAGAIN and ECONNABORTED: the client went away between the engine's poll and the accept.
-            if error.errno != .EAGAIN && error.errno != .ECONNABORTED {
-                logger.warning("metrics: cannot accept a connection: \(error)")
-            }
+            acceptFailures.record(error, logger: logger, what: "metrics")
             return
         }
         let response: HTTPResponse
