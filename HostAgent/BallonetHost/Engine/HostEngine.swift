@@ -40,8 +40,9 @@ public final class HostEngine: @unchecked Sendable {
     private var lastSwapRoundMillis: UInt64?
 
 
-    /// How often resident memory is read from smaps and the budget is shared out: once a second is
-    /// what an operator's live table shows, and costs a few milliseconds per VM.
+    /// How often the VMs' figures are read and the policy runs: once a second is what an operator's live
+    /// table shows. On a calm host the figures come from QEMU's status counters (microseconds), with smaps
+    /// read once per sampling period (`VMRuntime.sampleHostFigures`).
     static let sampleMillis: UInt64 = 1_000
     /// The loop's longest sleep: steering and pings are checked at least this often.
     static let tickMillis: UInt64 = 100
