@@ -76,15 +76,16 @@ public final class HypervisorSwapper {
     }
 
     /// Brings the VM toward `limit` (nil: releases any limit). `figures` is guest RAM as smaps showed it
-    /// this round. Returns a line for the log when something was done.
+    /// this round. Returns a line for the log when something was done. `limitBytes` becomes `limit` once it
+    /// is in force; a write the kernel refused (v1's EBUSY when it cannot reclaim enough) leaves it as it was.
     public func apply(limit: UInt64?, figures: GuestRAMFigures, reclaimer: GuestRAMReclaimer) throws -> String? {
-        defer { limitBytes = limit }
         switch mechanism {
         case .cgroup(let group):
             guard let limit else {
                 guard groupLimitBytes != nil || limitBytes != nil else { return nil }
                 try group.setLimit(nil)
                 groupLimitBytes = nil
+                limitBytes = nil
                 return "cgroup limit removed"
             }
             // What QEMU holds beside guest RAM (its heap, TCG's code buffer, I/O buffers) is charged to the
@@ -95,12 +96,16 @@ public final class HypervisorSwapper {
             // QEMU's own memory moves by a few MiB from round to round (its page cache, TCG's buffers): a
             // limit within 8 MiB of the one in force (the policy's tolerance) is left as it is.
             if let previous = groupLimitBytes, (groupLimit >= previous ? groupLimit - previous : previous - groupLimit) < 8 << 20 {
+                limitBytes = limit
                 return nil
             }
             try group.setLimit(groupLimit)
             groupLimitBytes = groupLimit
+            limitBytes = limit
             return "cgroup limit \(groupLimit >> 20) MiB (guest RAM \(limit >> 20) MiB + QEMU's own \(own >> 20) MiB; group used \(usage >> 20) MiB)"
         case .pageout:
+            // The limit is the policy's; pageout holds nothing in the kernel, it acts while resident is above.
+            limitBytes = limit
             guard let limit, figures.residentBytes > limit else { return nil }
             let excess = figures.residentBytes - limit
             let ranges = chooseRanges(excessBytes: excess, residentBytes: figures.residentBytes, in: reclaimer.hostRanges)
