@@ -8,31 +8,11 @@ import Testing
 /// pages the balloon's memory out with process_madvise(MADV_PAGEOUT). That frees host memory only into swap,
 /// so the test makes a swap file of its own and removes it afterwards.
 @Suite(.serialized) struct PageoutReclaimTests {
-    static let swapFile = "/var/tmp/ballonet-test-pageout.swap"
-
-    func run(_ command: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: command)
-        process.arguments = arguments
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
-    }
-
-    @Test(.enabled(if: HostTestImage.canRun && FileManager.default.isExecutableFile(atPath: "/sbin/mkswap"),
-                   "needs root, qemu-system-x86_64 and mkswap (make check installs them)"))
+    @Test(.enabled(if: HostTestImage.canRun && TemporarySwapFile.canMake, "needs root, qemu-system-x86_64 and mkswap (make check installs them)"))
     func aBalloonInAnonymousRAMIsPagedOutToHostSwap() throws {
         // 1 GiB of swap, made here and removed at the end.
-        #expect(run("/usr/bin/fallocate", ["-l", "1G", Self.swapFile]) == 0)
-        _ = run("/bin/chmod", ["600", Self.swapFile])
-        #expect(run("/sbin/mkswap", [Self.swapFile]) == 0)
-        #expect(run("/sbin/swapon", [Self.swapFile]) == 0)
-        defer {
-            _ = run("/sbin/swapoff", [Self.swapFile])
-            try? FileManager.default.removeItem(atPath: Self.swapFile)
-        }
+        let swap = try TemporarySwapFile(megabytes: 1024, name: "ballonet-test-pageout")
+        defer { swap.remove() }
 
         let image = try HostTestImage.get()
         let work = try TCGGuest.makeWorkDirectory(prefix: "pageout")
