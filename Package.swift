@@ -42,8 +42,9 @@ let package = Package(
         .target(
             name: "BallonetGuest",
             dependencies: [
+                // No swift-argument-parser: it links FoundationEssentials, 3 MiB of the agent's 8 MiB budget
+                // (GuestCommand parses its own command line).
                 "BallonetWire", "BallonetLinux", "BallonetConfig",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "GuestAgent/BallonetGuest"

@@ -87,6 +87,11 @@ public enum ProcessControl {
         }
     }
 
+    /// exit(3): flushes stdio and ends the process with `status`.
+    public static func exit(_ status: Int32) -> Never {
+        Glibc.exit(status)
+    }
+
     /// kill(2).
     public static func send(_ signal: Signal, to processID: Int32) throws(SystemCallError) {
         _ = try systemCall("kill", "pid \(processID), \(signal)") { Glibc.kill(processID, signal.rawValue) }

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import BallonetGuest
+@testable import BallonetGuest
 import BallonetTestSupport
 import BallonetWire
 
@@ -30,5 +30,45 @@ import BallonetWire
         let (flagStatus, flag) = try BuiltCommand.run("ballonet-guest", ["--no-such-flag"])
         #expect(flagStatus != 0)
         #expect(flag.contains("--no-such-flag"))
+    }
+}
+
+/// The guest agent's own command-line parser (it does without swift-argument-parser to stay small).
+@Suite struct GuestCommandParsingTests {
+    @Test func optionsFlagsAndTheirForms() throws {
+        guard case .run(let command) = try GuestCommand.parse(["--socket", "/tmp/s", "--batch-mib=8", "--no-huge-pages", "--mount-tmpfs",
+                                                               "--floor-mib", "200", "--log-level", "debug"]) else {
+            Issue.record("not a run request")
+            return
+        }
+        var expected = GuestCommand()
+        expected.socket = "/tmp/s"
+        expected.batchMiB = 8
+        expected.hugePages = false
+        expected.mountTmpfs = true
+        expected.floorMiB = 200
+        expected.logLevel = "debug"
+        #expect(command == expected)
+        #expect(try GuestCommand.parse([]) == .run(GuestCommand()))
+        #expect(try GuestCommand.parse(["--floor-mib", "1", "--help"]) == .help)
+        #expect(try GuestCommand.parse(["-h"]) == .help)
+        #expect(try GuestCommand.parse(["--version"]) == .version)
+    }
+
+    @Test(arguments: [
+        (["--bogus"], "unknown option '--bogus'"),
+        (["--batch-mib"], "--batch-mib needs a value (<MiB>)"),
+        (["--batch-mib", "-1"], "--batch-mib -1: expected a whole number"),
+        (["--huge-pages=yes"], "--huge-pages takes no value"),
+        (["stray"], "unexpected argument 'stray'"),
+    ])
+    func badCommandLinesSayWhatIsWrong(arguments: [String], message: String) {
+        #expect(throws: GuestCommand.UsageError(message)) { try GuestCommand.parse(arguments) }
+    }
+
+    @Test func helpLinesFitAHundredColumnsExceptTheTable() {
+        let prose = GuestCommand.helpText.components(separatedBy: "OPTIONS:")[0]
+        #expect(prose.split(separator: "\n").allSatisfy { $0.count <= 100 })
+        #expect(GuestCommand.helpText.contains("--[no-]huge-pages"))
     }
 }
