@@ -69,7 +69,7 @@ public enum MonotonicClock {
 
 extension Duration {
     /// Whole nanoseconds, clamped to Int64 (about 292 years either way).
-    var nanosecondsClamped: Int64 {
+    public var nanosecondsClamped: Int64 {
         let (seconds, attoseconds) = components
         let (scaled, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if overflow { return seconds < 0 ? .min : .max }

@@ -66,8 +66,7 @@ public final class HostEngine: @unchecked Sendable {
     }
 
     static func nowMillis() -> UInt64 {
-        let elapsed = MonotonicInstant.now().duration(since: MonotonicInstant(nanoseconds: 0))
-        return UInt64(elapsed.components.seconds) * 1000 + UInt64(elapsed.components.attoseconds / 1_000_000_000_000_000)
+        MonotonicInstant.now().nanoseconds / 1_000_000
     }
 
     /// Sets the VMs up, says READY to systemd, and runs until `requestStop`.
@@ -181,8 +180,9 @@ public final class HostEngine: @unchecked Sendable {
         }
     }
 
-    /// The memory for VMs, free memory and its total, from the budget or from the host's /proc/meminfo.
-    func hostMemory(participants: [VMRuntime]) -> (memoryForVMs: UInt64, free: Int64, total: UInt64)? {
+    /// The memory for VMs, free memory and its total, from the budget or from the host's /proc/meminfo
+    /// (read once per round by the caller; nil when it could not be read).
+    func hostMemory(participants: [VMRuntime], meminfo: Meminfo?) -> (memoryForVMs: UInt64, free: Int64, total: UInt64)? {
         if configuration.budgetMiB > 0 {
             let budget = configuration.budgetMiB << 20
             // A memfd's blocks count its pages in host swap too; what the VM holds in RAM is the rest.
@@ -194,7 +194,7 @@ public final class HostEngine: @unchecked Sendable {
             // Both at most 2^63 − 1, so the difference cannot overflow.
             return (budget, Int64(clamping: budget) - Int64(clamping: held), budget)
         }
-        guard let meminfo = try? ProcFiles.meminfo() else { return nil }
+        guard let meminfo else { return nil }
         let reserved = (configuration.reserveMiB + configuration.vmOverheadMiB * UInt64(participants.count)) << 20
         let memoryForVMs = meminfo.memTotal > reserved ? meminfo.memTotal - reserved : 0
         return (memoryForVMs, Int64(min(meminfo.memAvailable, UInt64(Int64.max))), meminfo.memTotal)
@@ -203,7 +203,9 @@ public final class HostEngine: @unchecked Sendable {
     /// One policy round: every attached VM's target, and the host's free-memory state.
     private func policyRound(nowMillis: UInt64) {
         let participants = vms.filter { $0.account.memoryBytes > 0 }
-        guard !participants.isEmpty, let host = hostMemory(participants: participants) else { return }
+        // One read of /proc/meminfo serves the round: free memory for the state, host swap for swapping.
+        let meminfo = try? ProcFiles.meminfo()
+        guard !participants.isEmpty, let host = hostMemory(participants: participants, meminfo: meminfo) else { return }
         let inputs = participants.map { vm -> MemoryPolicy.VM in
             let ram = vm.account.memoryBytes
             let maxBytes = min(vm.configuration.maxMiB.map { $0 << 20 } ?? ram, ram)
@@ -249,12 +251,11 @@ public final class HostEngine: @unchecked Sendable {
             vm.hasPolicyTarget = true
         }
         lastDecision = decision
-        swapRound(participants, decision: decision, nowMillis: nowMillis)
+        swapRound(participants, decision: decision, meminfo: meminfo, nowMillis: nowMillis)
     }
 
     /// Hypervisor swapping and pausing for this round (`HypervisorSwapPolicy`), after the targets.
-    private func swapRound(_ participants: [VMRuntime], decision: MemoryPolicy.Decision, nowMillis: UInt64) {
-        let meminfo = try? ProcFiles.meminfo()
+    private func swapRound(_ participants: [VMRuntime], decision: MemoryPolicy.Decision, meminfo: Meminfo?, nowMillis: UInt64) {
         swapTotalBytes = meminfo?.swapTotal
         swapFreeBytes = meminfo?.swapFree
         let settings = configuration.policy.swap

@@ -393,7 +393,7 @@ final class VMRuntime {
             } else {
                 let started = MonotonicInstant.now()
                 figures = try reclaimer.guestRAMFigures()
-                readNanos = max(IdlePageSampler.nanoseconds(MonotonicInstant.now().duration(since: started)), 1)
+                readNanos = max(UInt64(clamping: MonotonicInstant.now().duration(since: started).nanosecondsClamped), 1)
                 calibration = (try? ProcFiles.status(of: .id(reclaimer.processID))).map { GuestRAMCounterCalibration(figures: figures, status: $0) }
                 smapsReadMillis = nowMillis
             }

@@ -84,7 +84,7 @@ struct IdlePageSampler {
         let started = MonotonicInstant.now()
         try ProcFiles.clearReferencedBits(of: .id(processID))
         clearedAtMillis = nowMillis
-        clearNanos = Self.nanoseconds(MonotonicInstant.now().duration(since: started))
+        clearNanos = UInt64(clamping: MonotonicInstant.now().duration(since: started).nanosecondsClamped)
     }
 
     /// For tests: the bits were cleared at `nowMillis` at no cost.
@@ -108,9 +108,5 @@ struct IdlePageSampler {
             periodMillis = max(periodMillis / 2, requestedPeriodMillis)
         }
         return (referencedBytes, nowMillis - cleared)
-    }
-
-    static func nanoseconds(_ duration: Duration) -> UInt64 {
-        UInt64(duration.components.seconds) * 1_000_000_000 + UInt64(duration.components.attoseconds / 1_000_000_000)
     }
 }
