@@ -38,6 +38,8 @@ public protocol VMInventory {
 public final class QEMUInventory: VMInventory {
     public let configuration: HostConfiguration
     private var started: [String] = []
+    /// Where the memory controller is (read from mountinfo once, when a VM first needs it).
+    private lazy var memoryCgroups = MemoryCgroup.hierarchy()
     public private(set) var refused: [(name: String, reason: String)] = []
 
     public init(configuration: HostConfiguration) { self.configuration = configuration }
@@ -144,7 +146,7 @@ public final class QEMUInventory: VMInventory {
         // QEMU starts inside a memory cgroup of its own, so hypervisor swapping can limit it: its pages are
         // charged where they are first touched, and a process moved later leaves its memory behind.
         var command = (executable, arguments)
-        if vm.swap == .auto || vm.swap == .cgroup, let hierarchy = MemoryCgroup.hierarchy() {
+        if vm.swap == .auto || vm.swap == .cgroup, let hierarchy = memoryCgroups {
             do {
                 let group = try MemoryCgroup.create("ballonet/\(vm.name)", hierarchy: hierarchy)
                 try? group.setLimit(nil)
@@ -187,7 +189,7 @@ public final class QEMUInventory: VMInventory {
             for _ in 0..<50 where ProcessControl.exists(pid) { MonotonicClock.sleep(for: .milliseconds(100)) }
             if ProcessControl.exists(pid) { try? ProcessControl.send(.kill, to: pid) }
             // Its memory cgroup goes with it (rmdir fails harmlessly while a process is still in it).
-            if let hierarchy = MemoryCgroup.hierarchy() {
+            if let hierarchy = memoryCgroups {
                 try? MemoryCgroup(path: hierarchy.root + "/ballonet/" + vm.name, version: hierarchy.version).remove()
             }
         }
