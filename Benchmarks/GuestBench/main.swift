@@ -11,16 +11,6 @@ let mib: UInt64 = 256  // pages
 let guestMiB = 1024
 let balloonMiB: UInt64 = 768
 
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-}
-
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("bench-guest: \(message)\n".utf8))
-    exit(1)
-}
-
 // MARK: PFN reports, on this machine's kernel
 
 /// Pins 1 GiB in default batches on a tmpfs of its own, then times reading every batch's frames from
@@ -43,7 +33,7 @@ func reportCostPerGiB(hugePages: Bool) throws -> (milliseconds: Double, bytes: I
         bytes += try FrameEncoder.encode(.inflateReport(InflateReport(hostSessionID: 1, batchID: UInt64(index), pageOrder: order,
                                                                       balloonPagesAfter: 0, ranges: list))).count
     }
-    return (seconds(since: start) * 1000, bytes, ranges)
+    return (Benchmark.seconds(since: start) * 1000, bytes, ranges)
 }
 
 // MARK: The TCG guest
@@ -55,8 +45,8 @@ func kernelBalloon(_ guest: TCGGuest, toMiB targetMiB: UInt64) throws -> Double 
     _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#(targetMiB << 20)}}"#)
     while true {
         let actual = TCGGuest.qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0
-        if actual >> 20 >= targetMiB - 4 && actual >> 20 <= targetMiB + 4 { return seconds(since: start) }
-        if seconds(since: start) > 600 { fail("virtio-balloon stuck at \(actual >> 20) MiB on the way to \(targetMiB) MiB") }
+        if actual >> 20 >= targetMiB - 4 && actual >> 20 <= targetMiB + 4 { return Benchmark.seconds(since: start) }
+        if Benchmark.seconds(since: start) > 600 { Benchmark.fail("virtio-balloon stuck at \(actual >> 20) MiB on the way to \(targetMiB) MiB") }
         Thread.sleep(forTimeInterval: 0.05)
     }
 }
@@ -82,7 +72,7 @@ func agentBalloon(_ host: PeerConnection, session: UInt64, toPages target: UInt6
         default: break
         }
     }
-    return (seconds(since: start), huge, batches)
+    return (Benchmark.seconds(since: start), huge, batches)
 }
 
 func startAgent(_ guest: TCGGuest, _ flags: String) throws -> (PeerConnection, UInt64) {
@@ -112,7 +102,7 @@ func ticks(_ stat: String) -> UInt64 {
     return (UInt64(fields[11]) ?? 0) + (UInt64(fields[12]) ?? 0)
 }
 
-guard getuid() == 0 else { fail("run as root: the agent mounts a tmpfs and pins pages") }
+guard getuid() == 0 else { Benchmark.fail("run as root: the agent mounts a tmpfs and pins pages") }
 print("# Guest agent benchmark")
 print()
 print("Ballonet \(BallonetVersion.software). Inflate \(balloonMiB) MiB of a \(guestMiB) MiB TCG guest (memfd-backed RAM, 1 vCPU) "
@@ -156,8 +146,8 @@ for (name, flags) in [("ballonet-guest, 2 MiB pages (default)", ""), ("ballonet-
         let idleStart = ContinuousClock.now
         _ = try host.collect(for: .seconds(30))  // answers pings, takes samples
         let after = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
-        let percent = Double(after - before) / 100 / seconds(since: idleStart) * 100
-        idleLine = "Agent CPU while idle (connected, sampling every 10 s) over \(Int(seconds(since: idleStart))) s: "
+        let percent = Double(after - before) / 100 / Benchmark.seconds(since: idleStart) * 100
+        idleLine = "Agent CPU while idle (connected, sampling every 10 s) over \(Int(Benchmark.seconds(since: idleStart))) s: "
             + String(format: "%.2f", percent) + " % of one vCPU (\(after - before) ticks of 10 ms; goal ≤ 0.2 %)."
     }
     let log = try guest.run("grep -v ' info ' /run/ballonet-guest.log | tail -n 12", timeout: 30).output

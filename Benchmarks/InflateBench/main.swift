@@ -12,17 +12,7 @@ import Foundation
 let guestMiB: UInt64 = 1024
 let balloonMiB: UInt64 = 768
 
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-}
-
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("bench-inflate: \(message)\n".utf8))
-    exit(1)
-}
-
-guard getuid() == 0 else { fail("run as root: QEMU guests and reclaim") }
+guard getuid() == 0 else { Benchmark.fail("run as root: QEMU guests and reclaim") }
 let agent = try GuestImage.buildStaticAgent()
 let image = try GuestImage.ensureBuilt(agent: agent)
 let work = try TCGGuest.makeWorkDirectory(prefix: "bench-inflate")
@@ -40,10 +30,10 @@ _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#((guestMiB - bal
 while true {
     let actual = (TCGGuest.qmpNumber(try guest.qmp(#"{"execute":"query-balloon"}"#), "actual") ?? 0) >> 20
     if actual <= guestMiB - balloonMiB + 4 { break }
-    if seconds(since: start) > 600 { fail("virtio-balloon stuck at \(actual) MiB") }
+    if Benchmark.seconds(since: start) > 600 { Benchmark.fail("virtio-balloon stuck at \(actual) MiB") }
     Thread.sleep(forTimeInterval: 0.02)
 }
-let kernelSeconds = seconds(since: start)
+let kernelSeconds = Benchmark.seconds(since: start)
 let kernelAfter = try guest.residentGuestRAMBytes
 _ = try guest.qmp(#"{"execute":"balloon","arguments":{"value":\#(guestMiB << 20)}}"#)
 Thread.sleep(forTimeInterval: 3)
@@ -70,17 +60,17 @@ func account() -> VMAccount? {
 }
 let connected = Date()
 while account()?.state != "established" {
-    if Date().timeIntervalSince(connected) > 120 { fail("no session with the guest agent; host log: \(hostLog.path)") }
+    if Date().timeIntervalSince(connected) > 120 { Benchmark.fail("no session with the guest agent; host log: \(hostLog.path)") }
     Thread.sleep(forTimeInterval: 0.1)
 }
 let ballonetBefore = try guest.residentGuestRAMBytes
 start = ContinuousClock.now
 _ = try ControlClient.request(ControlRequest(command: "set-target", vm: "bench", mib: guestMiB - balloonMiB), socket: socket)
 while (account()?.balloonBytes ?? 0) < (balloonMiB - 1) << 20 {
-    if seconds(since: start) > 600 { fail("Ballonet's balloon stuck at \((account()?.balloonBytes ?? 0) >> 20) MiB") }
+    if Benchmark.seconds(since: start) > 600 { Benchmark.fail("Ballonet's balloon stuck at \((account()?.balloonBytes ?? 0) >> 20) MiB") }
     Thread.sleep(forTimeInterval: 0.02)
 }
-let ballonetSeconds = seconds(since: start)
+let ballonetSeconds = Benchmark.seconds(since: start)
 Thread.sleep(forTimeInterval: 0.5)
 let ballonetAfter = try guest.residentGuestRAMBytes
 let final = account()

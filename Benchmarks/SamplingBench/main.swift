@@ -13,19 +13,9 @@ import Foundation
 let guestMiB: UInt64 = 1024
 let swapOutMiB: UInt64 = 512
 
-func seconds(since start: ContinuousClock.Instant) -> Double {
-    let elapsed = ContinuousClock.now - start
-    return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-}
-
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("bench-sampling: \(message)\n".utf8))
-    exit(1)
-}
-
 func milliseconds(_ value: Double) -> String { String(format: "%.2f", value * 1000) }
 
-guard getuid() == 0 else { fail("run as root: QEMU guests, cgroups and swap") }
+guard getuid() == 0 else { Benchmark.fail("run as root: QEMU guests, cgroups and swap") }
 let image = try GuestImage.ensureBuilt(agent: try GuestImage.buildStaticAgent())
 let hierarchy = MemoryCgroup.hierarchy()
 let group = try hierarchy.map { try MemoryCgroup.create("ballonet-bench/sampling-\(getpid())", hierarchy: $0) }
@@ -57,14 +47,14 @@ var figures = try reclaimer.guestRAMFigures()
 for _ in 0..<20 {
     var start = ContinuousClock.now
     try ProcFiles.clearReferencedBits(of: .id(processID))
-    clears.append(seconds(since: start))
+    clears.append(Benchmark.seconds(since: start))
     Thread.sleep(forTimeInterval: 0.2)
     start = ContinuousClock.now
     figures = try reclaimer.guestRAMFigures()
-    reads.append(seconds(since: start))
+    reads.append(Benchmark.seconds(since: start))
     start = ContinuousClock.now
     _ = try ProcFiles.status(of: .id(processID))
-    counters.append(seconds(since: start))
+    counters.append(Benchmark.seconds(since: start))
 }
 clears.sort()
 reads.sort()
@@ -86,9 +76,9 @@ let roundMedian = clears[clears.count / 2] + reads[reads.count / 2]
         _ = try swapper.apply(limit: limit, figures: now, reclaimer: reclaimer)
         rounds += 1
         now = try reclaimer.guestRAMFigures()
-        if rounds > 200 { fail("\(swapper.mechanism.name): resident stuck at \(now.residentBytes >> 20) MiB, goal \(goal >> 20) MiB") }
+        if rounds > 200 { Benchmark.fail("\(swapper.mechanism.name): resident stuck at \(now.residentBytes >> 20) MiB, goal \(goal >> 20) MiB") }
     }
-    let elapsed = seconds(since: start)
+    let elapsed = Benchmark.seconds(since: start)
     _ = try swapper.apply(limit: nil, figures: now, reclaimer: reclaimer)
     return (elapsed, rounds, before.residentBytes >> 20, now.residentBytes >> 20)
 }
