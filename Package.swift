@@ -81,7 +81,7 @@ let package = Package(
                           path: "Benchmarks/InflateBench"),
 
         // `make bench-policy`: one policy round for 10 to 10,000 VMs.
-        .executableTarget(name: "ballonet-bench-policy", dependencies: ["BallonetPolicy"], path: "Benchmarks/PolicyBench"),
+        .executableTarget(name: "ballonet-bench-policy", dependencies: ["BallonetPolicy", "BallonetTestSupport"], path: "Benchmarks/PolicyBench"),
         // `make bench-sampling`: one host sampling round per GiB, and the swap-out rate of each swap mechanism.
         .executableTarget(name: "ballonet-bench-sampling", dependencies: ["BallonetHost", "BallonetLinux", "BallonetTestSupport"],
                           path: "Benchmarks/SamplingBench"),
@@ -91,7 +91,7 @@ let package = Package(
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetConfig", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
-        .testTarget(name: "BallonetPolicyTests", dependencies: ["BallonetPolicy"], path: "Tests/BallonetPolicyTests"),
+        .testTarget(name: "BallonetPolicyTests", dependencies: ["BallonetPolicy", "BallonetTestSupport"], path: "Tests/BallonetPolicyTests"),
         .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig",
                                                         "BallonetPolicy", .product(name: "Logging", package: "swift-log")], path: "Tests/BallonetHostTests"),
         // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests

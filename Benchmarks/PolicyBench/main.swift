@@ -3,24 +3,14 @@
 // bisection runs every time. Goal: under 10 ms for 10,000 VMs. Prints a Markdown table (the Makefile keeps
 // it in docs/benchmarks/policy.md).
 import BallonetPolicy
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+import BallonetTestSupport
 
 func milliseconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) * 1000 + Double(duration.components.attoseconds) / 1e15
 }
 
 let mib: UInt64 = 1 << 20
-var random = SplitMix(state: 42)
+var random = SeededGenerator(seed: 42)
 print("# Policy round time")
 print("")
 print("One `MemoryPolicy.decide` call (free-memory state, ρ-balancing allocation, change limits, one explanation")

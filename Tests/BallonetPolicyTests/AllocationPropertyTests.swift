@@ -1,5 +1,6 @@
 import Testing
 @testable import BallonetPolicy
+import BallonetTestSupport
 
 /// The allocation's properties over random hosts and VMs (fixed seeds: reproducible).
 @Suite struct AllocationPropertyTests {

@@ -1,5 +1,6 @@
 import Testing
 @testable import BallonetPolicy
+import BallonetTestSupport
 
 @Suite struct FreeMemoryStateTests {
     static let total: UInt64 = 100 * gib

@@ -1,15 +1,3 @@
-/// SplitMix64: property tests draw from a fixed seed, so a failure is the same failure on every run.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
+/// Sizes the policy tests write their cases in.
 let mib: UInt64 = 1 << 20
 let gib: UInt64 = 1 << 30
