@@ -56,10 +56,13 @@ let package = Package(
         // Rounding compiles to libm calls, which a binary linking no Foundation or Glibc would lack.
         .target(name: "BallonetPolicy", path: "HostAgent/BallonetPolicy", linkerSettings: [.linkedLibrary("m")]),
 
+        // libvirt's C API (libvirt and libvirt-qemu), for domains libvirt runs. Only Libvirt/Libvirt.swift calls it.
+        .systemLibrary(name: "CLibvirt", path: "HostAgent/CLibvirt", pkgConfig: "libvirt-qemu", providers: [.apt(["libvirt-dev"])]),
+
         .target(
             name: "BallonetHost",
             dependencies: [
-                "BallonetWire", "BallonetLinux", "BallonetConfig", "BallonetPolicy",
+                "BallonetWire", "BallonetLinux", "BallonetConfig", "BallonetPolicy", "CLibvirt",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -12,6 +12,9 @@ packages=(
   # initramfs and unpack kernel modules; kmod's depmod for the kernel's modules.dep; gcc for the static
   # workload tool. The kernel and busybox-static are fetched with apt-get download, not installed.
   qemu-system-x86 cpio gzip xz-utils zstd kmod gcc
+  # libvirt: the C library and headers ballonet-host links (libvirt-dev), and the daemon with its QEMU
+  # driver and virsh, which the libvirt integration tests start themselves (no service is started here).
+  libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
 )
 
 missing=()

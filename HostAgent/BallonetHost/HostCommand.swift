@@ -80,6 +80,9 @@ extension HostCommand {
                 help: ArgumentHelp("Attach to a running QEMU: NAME,QMP_SOCKET,PORT_SOCKET (repeatable).", valueName: "vm"))
         var attach: [String] = []
 
+        @Option(name: .long, help: ArgumentHelp("Manage libvirt's domains at this URI too (default qemu:///system; \"\" for none).", valueName: "uri"))
+        var libvirtUri: String?
+
         @Flag(name: .long, inversion: .prefixedNo, help: "Stop the QEMUs this agent started when it exits.")
         var stopVmsOnExit: Bool?
 
@@ -106,6 +109,7 @@ extension HostCommand {
                 configuration.budgetMiB = budgetMib
             }
             if let stopVmsOnExit { configuration.stopVMsOnExit = stopVmsOnExit }
+            if let libvirtUri { configuration.libvirtURI = libvirtUri }
             if let logLevel {
                 guard HostLogLevel(rawValue: logLevel) != nil else {
                     throw ValidationError("--log-level must be one of \(HostLogLevel.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -150,7 +154,11 @@ extension HostCommand {
             }
             let logger = Logger(label: "ballonet-host")
             try? ProcessControl.ignoreBrokenPipeSignal()
-            let engine = try HostEngine(configuration: configuration, inventory: QEMUInventory(configuration: configuration), logger: logger)
+            var inventories: [VMInventory] = [QEMUInventory(configuration: configuration)]
+            if !configuration.libvirtURI.isEmpty {
+                inventories.append(LibvirtInventory(uri: configuration.libvirtURI, reservedNames: Set(configuration.vms.map(\.name))))
+            }
+            let engine = try HostEngine(configuration: configuration, inventories: inventories, logger: logger)
             let group = ServiceGroup(configuration: ServiceGroupConfiguration(
                 services: [.init(service: HostService(engine: engine, logger: logger),
                                  successTerminationBehavior: .gracefullyShutdownGroup,

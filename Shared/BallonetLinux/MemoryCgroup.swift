@@ -68,6 +68,18 @@ public struct MemoryCgroup: Equatable, Sendable, CustomStringConvertible {
         return nil
     }
 
+    /// The group that carries this one's memory limits. On v2, libvirt puts QEMU's threads in threaded
+    /// children of the domain's group (`…/libvirt/emulator`, `vcpu0`, `iothread1`), which have no memory
+    /// controller of their own: the limits live one level up. v1 groups are returned as they are.
+    public var domainGroup: MemoryCgroup {
+        guard version == .v2, let slash = path.lastIndex(of: "/") else { return self }
+        let leaf = path[path.index(after: slash)...]
+        let threaded = leaf == "emulator" || ["vcpu", "iothread"].contains { prefix in
+            leaf.hasPrefix(prefix) && leaf.count > prefix.count && leaf.dropFirst(prefix.count).allSatisfy(\.isNumber)
+        }
+        return threaded ? MemoryCgroup(path: String(path[..<slash]), version: version) : self
+    }
+
     /// Creates (or reuses) the cgroup `relative` below the hierarchy's root, parents included. On v2 the
     /// parent must pass the memory controller down: this enables it in each parent's subtree_control.
     public static func create(_ relative: String, hierarchy: (root: String, version: Version)) throws(SystemCallError) -> MemoryCgroup {

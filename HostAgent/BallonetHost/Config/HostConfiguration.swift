@@ -95,6 +95,10 @@ public struct HostConfiguration: Equatable, Sendable {
     /// short enough that the estimate follows a rise within seconds.
     public var samplingPeriodMillis: UInt64 = 5_000
     public var vms: [VMConfiguration] = []
+    /// libvirt's domains are managed too when this URI is set (empty: libvirt is not used). qemu:///system is
+    /// the libvirtd every Debian host with `libvirt-daemon-system` runs; a host without it costs one failed
+    /// connect per 30 s.
+    public var libvirtURI = "qemu:///system"
 
     public init() {}
 
@@ -134,6 +138,7 @@ extension HostConfiguration {
                   "stop_vms_on_exit", "log_level"]),
         ("steering", ["inflate_step_mib", "deadband_mib", "pressure_backoff_seconds"]),
         ("sampling", ["period_seconds"]),
+        ("libvirt", ["uri"]),
         ("policy", PolicyTable.keys),
         ("vm", ["name", "memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments",
                 "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib", "max_mib", "shares", "swap"]),
@@ -214,6 +219,15 @@ extension HostConfiguration {
             case "sampling":
                 // 0 turns the sampler off; 1 s is the engine's round (it cannot sample faster), 60 s ESX's period.
                 if let value = try reader.integer("period_seconds", in: 0...60) { configuration.samplingPeriodMillis = value * 1000 }
+            case "libvirt":
+                if let value = try reader.string("uri") {
+                    // A libvirt URI is a short scheme://host/path?params; 1 KiB bounds a mistake.
+                    guard value.utf8.count <= 1024, !value.contains(where: { $0.isWhitespace }) else {
+                        throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
+                                                 message: "uri must be a libvirt URI such as qemu:///system (or \"\" for none)")
+                    }
+                    configuration.libvirtURI = value
+                }
             case "policy":
                 try PolicyTable.read(table, path: path, into: &configuration.policy)
             default:

@@ -10,7 +10,8 @@ import Synchronization
 /// a few milliseconds); QMP is used only when a VM is attached.
 public final class HostEngine: @unchecked Sendable {
     public let configuration: HostConfiguration
-    let inventory: VMInventory
+    /// Where the VMs come from: host.toml's QEMUs, and libvirt's domains when `[libvirt] uri` is set.
+    let inventories: [VMInventory]
     var logger: Logger
     private var vms: [VMRuntime] = []
     private let stopRequested = Atomic<Bool>(false)
@@ -47,9 +48,9 @@ public final class HostEngine: @unchecked Sendable {
     /// The loop's longest sleep: steering and pings are checked at least this often.
     static let tickMillis: UInt64 = 100
 
-    public init(configuration: HostConfiguration, inventory: VMInventory, logger: Logger) throws {
+    public init(configuration: HostConfiguration, inventories: [VMInventory], logger: Logger) throws {
         self.configuration = configuration
-        self.inventory = inventory
+        self.inventories = inventories
         self.logger = logger
         let pair = try UnixSocket.pair()
         let first = pair.first, second = pair.second
@@ -65,6 +66,11 @@ public final class HostEngine: @unchecked Sendable {
         _ = try? wakeWriter.descriptor.send(all: [1])
     }
 
+    /// Wakes the loop from its poll (from any thread: libvirt's event thread).
+    func wakeLoop() {
+        _ = try? wakeWriter.descriptor.send(all: [1])
+    }
+
     static func nowMillis() -> UInt64 {
         MonotonicInstant.now().nanoseconds / 1_000_000
     }
@@ -76,20 +82,10 @@ public final class HostEngine: @unchecked Sendable {
         settings = try VMSettingsFile.load(path: configuration.settingsFile)
         control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
         let metricsServer = configuration.metricsAddress.isEmpty ? nil : try MetricsServer(address: configuration.metricsAddress, logger: logger)
-        let endpoints = try inventory.endpoints(logger: logger)
-        refused = inventory.refused
-        for endpoint in endpoints {
-            var configuration = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
-            if let saved = settings[endpoint.name] {
-                configuration = saved.applied(to: configuration)
-                logger.notice("settings from ballonetctl set (\(self.configuration.settingsFile)): shares \(saved.shares.map(String.init) ?? "-"), min \(saved.minMiB.map { "\($0) MiB" } ?? "-"), max \(saved.maxMiB.map { "\($0) MiB" } ?? "-")",
-                              metadata: ["vm": "\(endpoint.name)"])
-            }
-            vms.append(VMRuntime(configuration: configuration, endpoint: endpoint, steering: self.configuration.steering,
-                                 estimator: self.configuration.policy.estimator,
-                                 samplingPeriodMillis: self.configuration.samplingPeriodMillis > 0 ? self.configuration.samplingPeriodMillis : nil,
-                                 pauseMarkers: PauseMarkers(stateDirectory: self.configuration.stateDirectory),
-                                 memoryCgroups: memoryCgroups, logger: logger))
+        for inventory in inventories {
+            inventory.setWake { [weak self] in self?.wakeLoop() }
+            for endpoint in try inventory.endpoints(logger: logger) { add(endpoint) }
+            refused += inventory.refused
         }
         if let server = metricsServer {
             metrics = server
@@ -134,11 +130,14 @@ public final class HostEngine: @unchecked Sendable {
                 _ = metricsThreadDone.wait(timeout: .now() + 3)
                 metrics = nil
             }
-            inventory.shutdown(logger: logger)
+            for inventory in inventories { inventory.shutdown(logger: logger) }
             logger.notice("ballonet-host stopped")
         }
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
             let now = Self.nowMillis()
+            for inventory in inventories {
+                for change in inventory.changes(nowMillis: now, logger: logger) { apply(change) }
+            }
             for vm in vms {
                 vm.connectIfDue(nowMillis: now)
                 vm.tick(nowMillis: now)
@@ -153,6 +152,66 @@ public final class HostEngine: @unchecked Sendable {
             }
             try waitAndHandle(timeoutMillis: Self.tickMillis)
         }
+    }
+
+    /// The configuration a VM runs with: host.toml's (or the defaults), its source's metadata over that,
+    /// and `ballonetctl set`'s settings over both.
+    private func configuration(for endpoint: VMEndpoint, metadata: BallonetDomainMetadata?) -> VMConfiguration {
+        var vm = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
+        if let metadata { vm = metadata.applied(to: vm) }
+        if let saved = settings[endpoint.name] { vm = saved.applied(to: vm) }
+        return vm
+    }
+
+    /// Starts managing a VM an inventory found.
+    private func add(_ endpoint: VMEndpoint) {
+        guard !vms.contains(where: { $0.endpoint.name == endpoint.name }) else {
+            logger.error("two VMs are named \(endpoint.name) (the second from \(endpoint.source)); only the first is managed",
+                         metadata: ["vm": "\(endpoint.name)"])
+            return
+        }
+        let vmConfiguration = configuration(for: endpoint, metadata: endpoint.metadata)
+        if let saved = settings[endpoint.name] {
+            logger.notice("settings from ballonetctl set (\(configuration.settingsFile)): shares \(saved.shares.map(String.init) ?? "-"), min \(saved.minMiB.map { "\($0) MiB" } ?? "-"), max \(saved.maxMiB.map { "\($0) MiB" } ?? "-")",
+                          metadata: ["vm": "\(endpoint.name)"])
+        }
+        if endpoint.source != "host.toml" {
+            logger.notice("managing VM \(endpoint.name) from \(endpoint.source): min \(vmConfiguration.minMiB) MiB, max \(vmConfiguration.maxMiB.map { "\($0) MiB" } ?? "its RAM"), shares \(vmConfiguration.shares.map(String.init) ?? "default"), \(endpoint.portSocket.map { "ballonet-guest port \($0)" } ?? "virtio balloon (no ballonet-guest port)")",
+                          metadata: ["vm": "\(endpoint.name)"])
+        }
+        vms.append(VMRuntime(configuration: vmConfiguration, endpoint: endpoint, steering: configuration.steering,
+                             estimator: configuration.policy.estimator,
+                             samplingPeriodMillis: configuration.samplingPeriodMillis > 0 ? configuration.samplingPeriodMillis : nil,
+                             pauseMarkers: PauseMarkers(stateDirectory: configuration.stateDirectory),
+                             memoryCgroups: memoryCgroups, logger: logger))
+    }
+
+    /// Carries out what an inventory saw change.
+    private func apply(_ change: InventoryChange) {
+        switch change {
+        case .appeared(let endpoint):
+            add(endpoint)
+        case .disappeared(let name, let reason):
+            guard let index = vms.firstIndex(where: { $0.endpoint.name == name }) else { return }
+            let vm = vms.remove(at: index)
+            vm.close(reason: reason)
+            pauseMarkersRemove(vm)
+            logger.notice("\(reason): no longer managed; its share goes to the other VMs", metadata: ["vm": "\(name)"])
+            policyRound(nowMillis: Self.nowMillis())
+        case .settingsChanged(let name, let metadata):
+            guard let vm = vms.first(where: { $0.endpoint.name == name }) else { return }
+            let updated = configuration(for: vm.endpoint, metadata: metadata)
+            guard updated != vm.configuration else { return }
+            vm.configuration = updated
+            let maximum = updated.maxMiB.map { "\($0) MiB" } ?? "its RAM"
+            vm.logger.notice("settings changed in the domain's metadata: min \(updated.minMiB) MiB, max \(maximum), shares \(updated.shares.map(String.init) ?? "default")\(settings[name] != nil ? " (ballonetctl set's values still override)" : "")")
+            policyRound(nowMillis: Self.nowMillis())
+        }
+    }
+
+    /// A VM that is gone leaves no pause marker behind (a later VM of the same name must not be resumed).
+    private func pauseMarkersRemove(_ vm: VMRuntime) {
+        if vm.paused { vm.pauseMarkers.remove(vm.endpoint.name) }
     }
 
     private func waitAndHandle(timeoutMillis: UInt64) throws {
@@ -263,7 +322,7 @@ public final class HostEngine: @unchecked Sendable {
             let target = vm.account.targetBytes
             let tolerance = settings.tolerance(forTarget: target)
             let excess = vm.account.residentBytes > target ? vm.account.residentBytes - target : 0
-            let verdict = vm.balloonDelivery.observe(excessBytes: excess, agentEstablished: vm.isEstablished, nowMillis: nowMillis,
+            let verdict = vm.balloonDelivery.observe(excessBytes: excess, agentEstablished: vm.hasBalloon, nowMillis: nowMillis,
                                                      settings: settings, tolerance: tolerance)
             return HypervisorSwapPolicy.VM(name: vm.endpoint.name, targetBytes: target, residentBytes: vm.account.residentBytes,
                                            swappedBytes: vm.account.swappedBytes, balloon: verdict, swapAllowed: vm.swapper != nil && vm.figures != nil,

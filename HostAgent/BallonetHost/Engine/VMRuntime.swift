@@ -71,9 +71,14 @@ final class VMRuntime {
         self.steering = BalloonSteering(settings: steering)
     }
 
+    /// The VM has no ballonet-guest port and its virtio balloon is driven through libvirt instead.
+    private(set) var drivesVirtioBalloon = false
+
     var portDescriptor: Int32? { port?.descriptor.rawValue }
     var wantsToWrite: Bool { !(port?.outbox.isEmpty ?? true) }
     var isEstablished: Bool { session?.negotiated != nil }
+    /// Something in the guest can give memory back: ballonet-guest in session, or a virtio balloon.
+    var hasBalloon: Bool { isEstablished || drivesVirtioBalloon }
 
     // MARK: Connecting
 
@@ -83,7 +88,17 @@ final class VMRuntime {
         guard port == nil, nowMillis >= nextConnectMillis else { return }
         do {
             if reclaimer == nil { try attach() }
-            let descriptor = try UnixSocket.connect(to: endpoint.portSocket, nonBlocking: true)
+            guard let portSocket = endpoint.portSocket else {
+                // No ballonet-guest port: the virtio balloon (through libvirt) is driven instead, from `tick`.
+                if endpoint.virtioBalloon != nil && !drivesVirtioBalloon {
+                    drivesVirtioBalloon = true
+                    account.state = "virtio-balloon through libvirt (no ballonet-guest port)"
+                    account.reclaimMethod += " (virtio-balloon: QEMU discards)"
+                    logger.notice("no \(LibvirtDomainDescription.channelName) channel: driving the domain's virtio balloon through libvirt instead")
+                }
+                return
+            }
+            let descriptor = try UnixSocket.connect(to: portSocket, nonBlocking: true)
             port = Connection(descriptor)
             var session = HostSession(sessionID: Self.freshSessionID(), map: map!, nowMillis: nowMillis)
             logger.info("connected to the guest's port; waiting for ballonet-guest", metadata: ["session": "\(session.sessionID)"])
@@ -106,8 +121,8 @@ final class VMRuntime {
 
     /// Reads the VM's RAM map over QMP and finds its backing in QEMU.
     private func attach() throws {
-        let qmp = try QMPClient(path: endpoint.qmpSocket, timeout: .seconds(5))
-        let processID = try qmp.peerProcessID()
+        let qmp = try endpoint.monitor.open(timeout: .seconds(5))
+        let processID = try qmp.processID()
         var blocks: Set<String> = ["pc.ram"]
         if let memdevs = try qmp.execute("query-memdev") as? [[String: Any]] {
             for memdev in memdevs { if let id = memdev["id"] as? String { blocks.insert(id) } }
@@ -131,7 +146,8 @@ final class VMRuntime {
         account.reclaimMethod = reclaimer.methodSummary
         logger.notice("attached to QEMU pid \(processID): \(map.totalBytes >> 20) MiB of guest RAM in \(map.segments.count) segments; reclaim by \(reclaimer.methodSummary)",
                       metadata: ["blocks": "\(reclaimer.backings.values.map(\.description).sorted())"])
-        let choice = HypervisorSwapper.choose(mode: swapMode, processID: processID, hierarchy: memoryCgroups)
+        let choice = HypervisorSwapper.choose(mode: swapMode, processID: processID, hierarchy: memoryCgroups,
+                                              memoryTunables: endpoint.memoryTunables)
         swapper = choice.mechanism.map { HypervisorSwapper(mechanism: $0) }
         account.swapMechanism = choice.mechanism?.name
         logger.notice("\(choice.note)")
@@ -144,7 +160,7 @@ final class VMRuntime {
         if pauseMarkers.contains(endpoint.name) {
             // An earlier agent paused this VM and did not live to resume it.
             do {
-                try qmp.execute("cont")
+                try qmp.resume()
                 logger.notice("resumed the VM an earlier ballonet-host paused (marker \(pauseMarkers.path(of: endpoint.name)))")
             } catch {
                 logger.error("cannot resume the VM an earlier ballonet-host paused: \(error)")
@@ -158,12 +174,12 @@ final class VMRuntime {
     func setPaused(_ pause: Bool, reason: String) {
         guard pause != paused else { return }
         do {
-            let qmp = try QMPClient(path: endpoint.qmpSocket, timeout: .seconds(2))
+            let qmp = try endpoint.monitor.open(timeout: .seconds(2))
             if pause {
                 try pauseMarkers.add(endpoint.name)
-                try qmp.execute("stop")
+                try qmp.pause()
             } else {
-                try qmp.execute("cont")
+                try qmp.resume()
                 pauseMarkers.remove(endpoint.name)
             }
             paused = pause
@@ -262,6 +278,10 @@ final class VMRuntime {
 
     /// Periodic work: the session's pings, a repeated hello while the guest is silent, the steering.
     func tick(nowMillis: UInt64) {
+        if drivesVirtioBalloon, !paused, reclaimer != nil {
+            steerVirtioBalloon(nowMillis: nowMillis)
+            return
+        }
         // A paused guest cannot answer pings; its session waits with it.
         guard !paused, var session else { return }
         let actions = session.tick(nowMillis: nowMillis)
@@ -294,6 +314,47 @@ final class VMRuntime {
         logger.info("balloon target \((request * pageSize) >> 20) MiB (VM target \(account.targetBytes >> 20) MiB, balloon now \(account.balloonBytes >> 20) MiB)",
                     metadata: ["session": "\(session.sessionID)"])
         send(.setTarget(SetTarget(balloonPages: request)), requestID: requestID)
+    }
+
+    /// The fallback for a guest without ballonet-guest: the same steering, carried out by libvirt's balloon
+    /// (the guest's virtio-balloon driver gives pages back and QEMU discards them). The balloon's size is
+    /// RAM − the balloon's "actual", read from libvirt's statistics in `sampleHostFigures`.
+    private func steerVirtioBalloon(nowMillis: UInt64) {
+        guard let balloon = endpoint.virtioBalloon else { return }
+        let pageSize: UInt64 = 4096
+        let memoryPages = account.memoryBytes / pageSize
+        let targetPages = min(account.targetBytes / pageSize, memoryPages)
+        guard account.targetBytes > 0,
+              let request = steering.next(wantedPages: memoryPages - targetPages, balloonPages: account.balloonBytes / pageSize, nowMillis: nowMillis)
+        else { return }
+        let keepKiB = (account.memoryBytes - request * pageSize) >> 10
+        do {
+            try balloon.domain().setBalloonTarget(kibibytes: keepKiB)
+            account.requestedBalloonBytes = request * pageSize
+            logger.info("virtio balloon target \((request * pageSize) >> 20) MiB: the guest keeps \(keepKiB >> 10) MiB (VM target \(account.targetBytes >> 20) MiB, balloon now \(account.balloonBytes >> 20) MiB)")
+        } catch {
+            logger.warning("cannot set the virtio balloon through libvirt: \(error)")
+            steering.sessionStarted()
+        }
+    }
+
+    /// Reads the virtio balloon's size (RAM − actual) from libvirt's statistics.
+    private func readVirtioBalloon() {
+        guard drivesVirtioBalloon, let balloon = endpoint.virtioBalloon else { return }
+        do {
+            let stats = try balloon.domain().memoryStats()
+            // VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, KiB: what the guest has now.
+            guard let actualKiB = stats[6], actualKiB <= account.memoryBytes >> 10 else { return }
+            let bytes = account.memoryBytes - actualKiB << 10
+            if bytes > account.balloonBytes {
+                account.inflatedBytes &+= bytes - account.balloonBytes
+            } else {
+                account.deflatedBytes &+= account.balloonBytes - bytes
+            }
+            account.balloonBytes = bytes
+        } catch {
+            logger.debug("virtio balloon statistics: \(error)")
+        }
     }
 
     /// Carries out the session's actions; false when the session ended.
@@ -382,6 +443,7 @@ final class VMRuntime {
     /// in between, QEMU's status counters stand in (`GuestRAMCounterCalibration`).
     func sampleHostFigures(nowMillis: UInt64, precise: Bool) {
         guard let reclaimer else { return }
+        readVirtioBalloon()
         do {
             let samplerDue = sampler.map { $0.clearedAtMillis == nil || $0.isDue(nowMillis: nowMillis) } ?? false
             let stale = smapsReadMillis.map { nowMillis >= $0 + RuntimeTiming.smapsMaximumIntervalMillis } ?? true

@@ -10,24 +10,109 @@ public struct InventoryError: Error, CustomStringConvertible, Sendable {
 }
 
 /// Where a VM's QEMU can be reached: what the engine needs, whichever source found the VM.
-public struct VMEndpoint: Equatable, Sendable {
+public struct VMEndpoint: Sendable {
     public var name: String
-    public var qmpSocket: String
-    /// The host end of the VM's `org.ballonet.0` port: a chardev socket QEMU listens on.
-    public var portSocket: String
+    /// QEMU's monitor: its QMP socket, or libvirtd's pass-through for a domain libvirt runs.
+    public var monitor: MonitorAccess
+    /// The host end of the VM's `org.ballonet.0` port: a chardev socket QEMU (or libvirtd for it) listens on.
+    /// nil: the VM has no such port, and is driven through its virtio balloon (`virtioBalloon`), if any.
+    public var portSocket: String?
     /// The agent started this QEMU (and may stop it on exit).
     public var managed: Bool
+    /// A domain without ballonet-guest's port but with a virtio balloon: libvirt's balloon is the fallback.
+    public var virtioBalloon: LibvirtDomainAccess?
+    /// A libvirt domain: hypervisor swapping sets its memory tunables through libvirt.
+    public var memoryTunables: LibvirtDomainAccess?
+    /// Per-VM settings the source carries (a libvirt domain's Ballonet metadata).
+    public var metadata: BallonetDomainMetadata?
+    /// Where the VM came from, for logs and status: "host.toml" or "libvirt <uri>".
+    public var source: String
+
+    public init(name: String, monitor: MonitorAccess, portSocket: String?, managed: Bool, virtioBalloon: LibvirtDomainAccess? = nil,
+                memoryTunables: LibvirtDomainAccess? = nil, metadata: BallonetDomainMetadata? = nil, source: String = "host.toml") {
+        self.name = name
+        self.monitor = monitor
+        self.portSocket = portSocket
+        self.managed = managed
+        self.virtioBalloon = virtioBalloon
+        self.memoryTunables = memoryTunables
+        self.metadata = metadata
+        self.source = source
+    }
 }
 
-/// The seam between the engine and whatever knows the VMs: QEMU processes from host.toml today, libvirt's
-/// domains later. A source turns its VMs into endpoints; QEMU and QMP details stay behind it.
-public protocol VMInventory {
+/// How the engine reaches a VM's QEMU monitor.
+public enum MonitorAccess: Sendable {
+    /// QEMU's own QMP socket (QEMUs from host.toml).
+    case qmpSocket(String)
+    /// libvirtd owns the monitor of its domains; commands go through virDomainQemuMonitorCommand.
+    case libvirt(LibvirtDomainAccess)
+
+    /// A monitor to talk to now (each use opens its own: QMP sockets take one client at a time).
+    func open(timeout: Duration) throws -> QEMUMonitor {
+        switch self {
+        case .qmpSocket(let path): try QMPClient(path: path, timeout: timeout)
+        case .libvirt(let domain): LibvirtMonitor(domain: domain)
+        }
+    }
+}
+
+/// What the engine asks of a QEMU monitor, whichever way it is reached.
+protocol QEMUMonitor {
+    /// A QMP command; returns its `return` value.
+    @discardableResult
+    func execute(_ command: String, arguments: [String: Any]?) throws -> Any
+    /// An HMP command's text (`info mtree -f`, `gpa2hva`).
+    func humanMonitor(_ commandLine: String) throws -> String
+    /// QEMU's pid.
+    func processID() throws -> Int32
+    /// Stops and resumes the vCPUs (the low state's pause).
+    func pause() throws
+    func resume() throws
+}
+
+extension QEMUMonitor {
+    @discardableResult
+    func execute(_ command: String) throws -> Any { try execute(command, arguments: nil) }
+}
+
+extension QMPClient: QEMUMonitor {
+    @discardableResult
+    func execute(_ command: String, arguments: [String: Any]?) throws -> Any { try execute(command, arguments: arguments, timeout: QMPLimits.replyTimeout) }
+    func processID() throws -> Int32 { try peerProcessID() }
+    func pause() throws { try execute("stop") }
+    func resume() throws { try execute("cont") }
+}
+
+/// A change in what an inventory knows, after startup.
+public enum InventoryChange {
+    /// A VM to manage from now on (a domain that started, or one found after libvirtd came back).
+    case appeared(VMEndpoint)
+    /// A VM that is gone (stopped, crashed, migrated away), with what happened, as a sentence.
+    case disappeared(name: String, reason: String)
+    /// The VM's per-VM settings changed at their source (`virsh metadata`).
+    case settingsChanged(name: String, metadata: BallonetDomainMetadata)
+}
+
+/// The seam between the engine and whatever knows the VMs: QEMU processes from host.toml, libvirt's
+/// domains. A source turns its VMs into endpoints; QEMU, QMP and libvirt details stay behind it.
+public protocol VMInventory: AnyObject {
     /// The VMs to manage now, starting any that the source starts itself.
     func endpoints(logger: Logger) throws -> [VMEndpoint]
+    /// What changed since the last call; the engine calls it every turn of its loop, so it must be cheap
+    /// when nothing happened.
+    func changes(nowMillis: UInt64, logger: Logger) -> [InventoryChange]
+    /// How the inventory wakes the engine's loop when something happens between turns (an event thread).
+    func setWake(_ wake: @escaping @Sendable () -> Void)
     /// The agent is exiting.
     func shutdown(logger: Logger)
     /// VMs the source would not start, with the reason (admission control's refusal).
     var refused: [(name: String, reason: String)] { get }
+}
+
+extension VMInventory {
+    public func changes(nowMillis: UInt64, logger: Logger) -> [InventoryChange] { [] }
+    public func setWake(_ wake: @escaping @Sendable () -> Void) {}
 }
 
 /// VMs from host.toml: QEMUs this agent starts (`[[vm]]` with kernel or disk) and running QEMUs it
@@ -55,14 +140,14 @@ public final class QEMUInventory: VMInventory {
         var toStart: [(VMConfiguration, VMConfiguration.Launch)] = []
         for vm in configuration.vms {
             guard let launch = vm.launch else {
-                result.append(VMEndpoint(name: vm.name, qmpSocket: vm.qmpSocket, portSocket: vm.portSocket, managed: false))
+                result.append(VMEndpoint(name: vm.name, monitor: .qmpSocket(vm.qmpSocket), portSocket: vm.portSocket, managed: false))
                 reservations.add(vm, memoryMiB: nil)
                 continue
             }
             let directory = directory(of: vm)
-            let endpoint = VMEndpoint(name: vm.name, qmpSocket: directory + "/qmp.sock", portSocket: directory + "/ballonet.sock",
+            let endpoint = VMEndpoint(name: vm.name, monitor: .qmpSocket(directory + "/qmp.sock"), portSocket: directory + "/ballonet.sock",
                                       managed: true)
-            if let pid = runningProcessID(directory: directory), (try? QMPClient(path: endpoint.qmpSocket, timeout: .seconds(2))) != nil {
+            if let pid = runningProcessID(directory: directory), (try? QMPClient(path: directory + "/qmp.sock", timeout: .seconds(2))) != nil {
                 logger.notice("QEMU of \(vm.name) is already running (pid \(pid)); attaching to it", metadata: ["vm": "\(vm.name)"])
                 reservations.add(vm, memoryMiB: launch.memoryMiB)
                 result.append(endpoint)
@@ -82,7 +167,7 @@ public final class QEMUInventory: VMInventory {
             try start(vm, launch: launch, directory: directory, logger: logger)
             started.append(vm.name)
             reservations.add(vm, memoryMiB: launch.memoryMiB)
-            result.append(VMEndpoint(name: vm.name, qmpSocket: directory + "/qmp.sock", portSocket: directory + "/ballonet.sock", managed: true))
+            result.append(VMEndpoint(name: vm.name, monitor: .qmpSocket(directory + "/qmp.sock"), portSocket: directory + "/ballonet.sock", managed: true))
         }
         return result
     }

@@ -24,14 +24,38 @@ public enum SwapMode: String, CaseIterable, Equatable, Sendable {
 ///   per-page access information for a process without page_idle (`IdlePageSamplingSupport`). Content is
 ///   kept in host swap; pages the guest touches again come back by fault.
 public final class HypervisorSwapper {
-    public enum Mechanism: Equatable {
+    public enum Mechanism {
         case cgroup(MemoryCgroup)
+        /// A libvirt domain's own memory cgroup, limited through libvirt's memory tunables, so libvirt's live
+        /// `<memtune>` says what is in force and libvirt's own writes do not undo ours: v2's `soft_limit`
+        /// (memory.high: reclaim and swap, never the OOM killer), v1's `hard_limit` (memory.limit_in_bytes,
+        /// v1 has no high). The cgroup is read for the usage only.
+        case libvirt(MemoryCgroup, LibvirtDomainAccess)
         case pageout
 
         public var name: String {
             switch self {
             case .cgroup(let group): "cgroup \(group.version.rawValue) (\(group.path))"
+            case .libvirt(let group, _): "libvirt \(Self.tunable(group)) (\(group.path))"
             case .pageout: "pageout of random 2 MiB ranges"
+            }
+        }
+
+        static func tunable(_ group: MemoryCgroup) -> String { group.version == .v2 ? "soft_limit" : "hard_limit" }
+
+        var group: MemoryCgroup? {
+            switch self {
+            case .cgroup(let group), .libvirt(let group, _): group
+            case .pageout: nil
+            }
+        }
+
+        func setGroupLimit(_ bytes: UInt64?) throws {
+            switch self {
+            case .cgroup(let group): try group.setLimit(bytes)
+            case .libvirt(let group, let domain):
+                try domain.domain().setMemoryParameter(Self.tunable(group), kibibytes: bytes.map { ($0 + 1023) >> 10 })
+            case .pageout: break
             }
         }
     }
@@ -53,13 +77,17 @@ public final class HypervisorSwapper {
 
     /// Chooses the mechanism for QEMU `processID` under `mode`; nil when the VM is not to be swapped (with
     /// the reason).
-    static func choose(mode: SwapMode, processID: Int32, hierarchy: (root: String, version: MemoryCgroup.Version)?)
-        -> (mechanism: Mechanism?, note: String)
+    static func choose(mode: SwapMode, processID: Int32, hierarchy: (root: String, version: MemoryCgroup.Version)?,
+                       memoryTunables: LibvirtDomainAccess? = nil) -> (mechanism: Mechanism?, note: String)
     {
         var own: MemoryCgroup?
-        if let hierarchy, let group = MemoryCgroup.of(process: processID, hierarchy: hierarchy),
+        if let hierarchy, let group = MemoryCgroup.of(process: processID, hierarchy: hierarchy)?.domainGroup,
            let members = try? group.processes(), members == [processID] {
             own = group
+        }
+        if let own, let memoryTunables, mode == .auto || mode == .cgroup {
+            return (.libvirt(own, memoryTunables),
+                    "hypervisor swap through libvirt's \(Mechanism.tunable(own)) on the domain's memory cgroup \(own)")
         }
         switch mode {
         case .off:
@@ -80,10 +108,10 @@ public final class HypervisorSwapper {
     /// is in force; a write the kernel refused (v1's EBUSY when it cannot reclaim enough) leaves it as it was.
     public func apply(limit: UInt64?, figures: GuestRAMFigures, reclaimer: GuestRAMReclaimer) throws -> String? {
         switch mechanism {
-        case .cgroup(let group):
+        case .cgroup(let group), .libvirt(let group, _):
             guard let limit else {
                 guard groupLimitBytes != nil || limitBytes != nil else { return nil }
-                try group.setLimit(nil)
+                try mechanism.setGroupLimit(nil)
                 groupLimitBytes = nil
                 limitBytes = nil
                 return "cgroup limit removed"
@@ -99,7 +127,7 @@ public final class HypervisorSwapper {
                 limitBytes = limit
                 return nil
             }
-            try group.setLimit(groupLimit)
+            try mechanism.setGroupLimit(groupLimit)
             groupLimitBytes = groupLimit
             limitBytes = limit
             return "cgroup limit \(groupLimit >> 20) MiB (guest RAM \(limit >> 20) MiB + QEMU's own \(own >> 20) MiB; group used \(usage >> 20) MiB)"
