@@ -95,7 +95,7 @@ let package = Package(
         .testTarget(name: "BallonetGuestTests", dependencies: ["BallonetGuest", "BallonetConfig", "BallonetTestSupport"], path: "Tests/BallonetGuestTests",
                     exclude: ["Captures"]),
         .testTarget(name: "BallonetPolicyTests", dependencies: ["BallonetPolicy", "BallonetTestSupport"], path: "Tests/BallonetPolicyTests"),
-        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig",
+        .testTarget(name: "BallonetHostTests", dependencies: ["BallonetHost", "BallonetTestSupport", "BallonetWire", "BallonetConfig", "BallonetLinux",
                                                         "BallonetPolicy", .product(name: "Logging", package: "swift-log")], path: "Tests/BallonetHostTests"),
         // What the tests and benchmarks share: the package's built executables run as a user would, TCG guests
         // booted from the guest test image, and a host peer that speaks the wire protocol.

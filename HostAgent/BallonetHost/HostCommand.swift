@@ -25,7 +25,7 @@ public struct HostCommand: AsyncParsableCommand {
             Control: ballonetctl, over /run/ballonet/control.sock
             """,
         version: BallonetVersion.software,
-        subcommands: [Run.self, SimulateCommand.self]
+        subcommands: [Run.self, SimulateCommand.self, AdmitCommand.self]
     )
 
     public init() {}

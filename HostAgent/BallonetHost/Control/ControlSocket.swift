@@ -31,6 +31,8 @@ public struct ControlResponse: Codable, Sendable {
     public var status: HostStatus?
     /// `explain`: the policy's numbers behind the VM's target.
     public var explanation: MemoryPolicy.Explanation?
+    /// `admit`: admission control's sentence, whichever way it went.
+    public var message: String?
 
     public init(ok: Bool, error: String? = nil, status: HostStatus? = nil) {
         self.ok = ok

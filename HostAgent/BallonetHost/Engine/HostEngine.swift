@@ -408,9 +408,36 @@ public final class HostEngine: @unchecked Sendable {
             vm.account.targetReason = "set by command: \(mib) MiB"
             vm.logger.notice("target set by command: \(mib) MiB")
             return ControlResponse(ok: true, status: status())
+        case "admit":
+            return admit(request)
         default:
-            return ControlResponse(ok: false, error: "unknown command \(request.command); commands: status, explain, set, set-target")
+            return ControlResponse(ok: false, error: "unknown command \(request.command); commands: status, explain, set, set-target, admit")
         }
+    }
+
+    /// `ballonet-host admit` (libvirt's hook, before a domain starts): whether a VM of `mib` MiB with the
+    /// given min, max and shares fits beside the VMs managed now. Answered from the engine's own state only:
+    /// libvirt holds the domain's start job while the hook waits, so nothing here may call libvirt.
+    private func admit(_ request: ControlRequest) -> ControlResponse {
+        guard let name = request.vm, let memoryMiB = request.mib, memoryMiB > 0 else {
+            return ControlResponse(ok: false, error: "admit needs the VM's name and its memory in MiB")
+        }
+        var vm = configuration.vms.first { $0.name == name } ?? VMConfiguration(name: name)
+        vm = BallonetDomainMetadata(minMiB: request.minMiB, maxMiB: request.maxMiB, shares: request.shares).applied(to: vm)
+        if let saved = settings[name] { vm = saved.applied(to: vm) }
+        var ledger = AdmissionLedger(configuration: configuration, meminfo: try? ProcFiles.meminfo())
+        for other in vms where other.endpoint.name != name {
+            ledger.add(other.configuration, memoryMiB: other.account.memoryBytes > 0 ? other.account.memoryBytes >> 20 : nil)
+        }
+        let decision = ledger.decide(vm, memoryMiB: memoryMiB)
+        if decision.isAdmitted {
+            logger.notice("admission: \(decision.message)", metadata: ["vm": "\(name)"])
+        } else {
+            logger.error("admission refused a start: \(decision.message)", metadata: ["vm": "\(name)"])
+        }
+        var response = ControlResponse(ok: decision.isAdmitted, error: decision.isAdmitted ? nil : decision.message)
+        response.message = decision.message
+        return response
     }
 
     /// `ballonetctl set VM --shares/--min/--max`: checked, applied from the next round on, and kept in the

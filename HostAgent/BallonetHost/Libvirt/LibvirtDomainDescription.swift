@@ -170,8 +170,18 @@ public struct LibvirtDomainDescription: Equatable, Sendable {
         guard xml.utf8.count <= maximumXMLBytes else {
             throw LibvirtDescriptionError("\(what) is \(xml.utf8.count) bytes; at most \(maximumXMLBytes) are read")
         }
+        // libvirt's XML never has a document type; one with entities is not libvirt's, and is not read.
+        guard !xml.contains("<!DOCTYPE"), !xml.contains("<!ENTITY") else {
+            throw LibvirtDescriptionError("\(what) has a DOCTYPE or entity declaration, which libvirt's XML never has")
+        }
+        // XMLDocument recovers from broken XML (and says so on standard error, which a hook's caller shows
+        // the operator): the SAX parser checks it first and reports the error to us instead.
+        let check = XMLParser(data: Data(xml.utf8))
+        _ = check.parse()
+        if let error = check.parserError {
+            throw LibvirtDescriptionError("\(what) is not well-formed XML (libxml2 error \((error as NSError).code) near line \(check.lineNumber), column \(check.columnNumber))")
+        }
         do {
-            // No external entities or DTDs are loaded (libxml2's defaults with no options).
             return try XMLDocument(xmlString: xml, options: [])
         } catch {
             throw LibvirtDescriptionError("\(what) is not well-formed XML: \(error)")
