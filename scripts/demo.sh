@@ -79,6 +79,9 @@ state_directory = "$work/state"
 settings_file = "$work/vm-settings.json"
 budget_mib = $budget
 stop_vms_on_exit = true
+# The demo's own QEMUs only: never the domains of a libvirtd on this host.
+[libvirt]
+uri = ""
 TOML
     vm idle ""
     vm busy "ballonet-workload churn 200 100000"

@@ -15,14 +15,15 @@ final class HostAgentProcess {
     /// Starts `ballonet-host run` attached to `vms` (name, QMP socket, port socket), with its state and
     /// control socket in `directory`.
     /// Metrics are off unless `metricsAddress` says where (tests run several agents at once: use port 0).
+    /// libvirt is off (`libvirtURI` ""), so a test agent never takes the domains of a libvirtd on the machine.
     init(directory: URL, vms: [(name: String, qmp: String, port: String)], extraArguments: [String] = [],
-         configText: String? = nil, metricsAddress: String = "") throws {
+         configText: String? = nil, metricsAddress: String = "", libvirtURI: String = "") throws {
         logPath = directory.appendingPathComponent("host.log").path
         controlSocket = directory.appendingPathComponent("control.sock").path
         var arguments = ["run", "--state-directory", directory.appendingPathComponent("state").path,
                          "--control-socket", controlSocket, "--log-level", "debug",
                          "--settings-file", directory.appendingPathComponent("vm-settings.json").path,
-                         "--metrics-address", metricsAddress]
+                         "--metrics-address", metricsAddress, "--libvirt-uri", libvirtURI]
         if let configText {
             let configPath = directory.appendingPathComponent("host.toml").path
             try configText.write(toFile: configPath, atomically: true, encoding: .utf8)

@@ -168,6 +168,13 @@ public final class LibvirtConnection: @unchecked Sendable {
         return LibvirtDomain(owning: domain)
     }
 
+    /// Starts a transient domain from XML, which vanishes when it stops (tests and tools).
+    @discardableResult
+    public func create(xml: String) throws -> LibvirtDomain {
+        guard let domain = virDomainCreateXML(pointer, xml, 0) else { throw LibvirtError.last("virDomainCreateXML") }
+        return LibvirtDomain(owning: domain)
+    }
+
     /// Defines a persistent domain from XML (tests and tools; ballonet-host itself never defines domains).
     @discardableResult
     public func define(xml: String) throws -> LibvirtDomain {
