@@ -17,7 +17,20 @@ final class TestLibvirtd {
 
     static var canRun: Bool {
         getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/sbin/libvirtd")
-            && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare")
+            && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare") && runningLibvirtd == nil
+    }
+
+    /// A libvirtd already running on the machine (not a zombie): its qemu driver would share
+    /// /run/libvirt/qemu with ours, so the test does not run beside it.
+    static var runningLibvirtd: Int32? {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let pid = Int32(entry),
+                  let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
+                  stat.contains("(libvirtd)"), !stat.contains(") Z ") else { continue }
+            return pid
+        }
+        return nil
     }
 
     /// Starts libvirtd with `hook` (a shell script) as its qemu hook.

@@ -120,6 +120,8 @@ public final class LibvirtInventory: VMInventory {
     private var known: [String: Known] = [:]
     /// Why each domain last stopped, from its lifecycle event: the log says "destroyed", not "gone".
     private var lastStop: [String: String] = [:]
+    /// Domains missing from the list whose stop event has not arrived yet, and since when.
+    private var missingSince: [String: UInt64] = [:]
     /// Domains reported once as not manageable (neither channel nor balloon), so the log says it once.
     private var ignored: Set<String> = []
     private var nextConnectMillis: UInt64 = 0
@@ -178,7 +180,7 @@ public final class LibvirtInventory: VMInventory {
         }
         guard resync else { return [] }
         nextResyncMillis = nowMillis + LibvirtTiming.resyncMillis
-        return self.resync(logger: logger)
+        return self.resync(nowMillis: nowMillis, logger: logger)
     }
 
     /// Opens the connection; false (with the retry scheduled) when libvirtd cannot be reached.
@@ -207,7 +209,7 @@ public final class LibvirtInventory: VMInventory {
     }
 
     /// Lists the running domains and compares them with what the engine has.
-    private func resync(logger: Logger) -> [InventoryChange] {
+    private func resync(nowMillis: UInt64, logger: Logger) -> [InventoryChange] {
         guard let connection = link.connection else { return [] }
         let domains: [LibvirtDomain]
         do {
@@ -264,9 +266,18 @@ public final class LibvirtInventory: VMInventory {
             changes.append(.appeared(endpoint(for: description)))
         }
         for name in Set(known.keys).subtracting(seen) {
+            // libvirt removes a domain from its list just before it sends the event that says why; a domain
+            // missing without its event is given one more look a second later, so the log can say what happened.
+            if lastStop[name] == nil, missingSince[name] == nil {
+                missingSince[name] = nowMillis
+                nextResyncMillis = min(nextResyncMillis, nowMillis + LibvirtTiming.stopEventWaitMillis)
+                continue
+            }
             known[name] = nil
+            missingSince[name] = nil
             changes.append(.disappeared(name: name, reason: "libvirt domain \(name) \(lastStop.removeValue(forKey: name) ?? "is no longer running")"))
         }
+        for name in seen { missingSince[name] = nil }
         return changes
     }
 
@@ -312,6 +323,9 @@ enum LibvirtTiming {
     /// A full list of the domains this often even without events: events can be lost (libvirt drops them
     /// for a client that falls behind), and a list of a few hundred domains takes milliseconds.
     static let resyncMillis: UInt64 = 30_000
+    /// How long a domain gone from the list waits for the event that says why (it follows within
+    /// milliseconds): a second delays its share's return to the others by no more than that.
+    static let stopEventWaitMillis: UInt64 = 1_000
 
     /// VIR_DOMAIN_EVENT_STOPPED and VIR_DOMAIN_EVENT_CRASHED.
     static let stoppedEvent: Int32 = 5
