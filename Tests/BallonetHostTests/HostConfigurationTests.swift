@@ -110,6 +110,15 @@ import BallonetConfig
         #expect(one.steering == BalloonSteering.Settings())
     }
 
+    @Test func libvirtURI() throws {
+        #expect(try Self.parse("").libvirtURI == "qemu:///system")
+        #expect(try Self.parse("[libvirt]\nuri = \"\"\n").libvirtURI == "")
+        #expect(try Self.parse("[libvirt]\nuri = \"qemu+ssh://root@h/system\"\n").libvirtURI == "qemu+ssh://root@h/system")
+        let error = try #require(Self.error("[libvirt]\nuri = \"qemu:///system extra\"\n"))
+        #expect(error.description.contains("libvirt URI"), "\(error)")
+        #expect(Self.error("[libvirt]\nsocket = \"/x\"\n") != nil, "unknown key in [libvirt]")
+    }
+
     @Test func windowsLineEnds() throws {
         let crlf = Self.fullFile.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n")
         #expect(try Self.parse(crlf) == Self.parse(Self.fullFile))
