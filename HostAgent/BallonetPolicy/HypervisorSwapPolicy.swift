@@ -23,11 +23,19 @@ public enum HypervisorSwapPolicy {
         /// The target is the operator's (host.toml `target_mib` or `ballonetctl set-target`): a cap to
         /// hold the VM to whatever the state, enforced by swap where the balloon cannot deliver.
         public var fixedTarget: Bool
+        /// The mechanism's limit is a hard one that calls the OOM killer when the group cannot reclaim (cgroup
+        /// v1's memory.limit_in_bytes, libvirt's hard_limit on v1), unlike v2's memory.high (throttles) or
+        /// pageout (holds nothing).
+        public var hardLimit: Bool
+        /// The VM's guest RAM: all of it may be touched again, whatever the limit.
+        public var ramBytes: UInt64
 
         public init(name: String, targetBytes: UInt64, residentBytes: UInt64, swappedBytes: UInt64 = 0, balloon: BalloonDelivery.Verdict,
                     swapAllowed: Bool = true, previousLimitBytes: UInt64? = nil, paused: Bool = false,
-                    fixedTarget: Bool = false) {
+                    fixedTarget: Bool = false, hardLimit: Bool = false, ramBytes: UInt64 = 0) {
             self.name = name
+            self.hardLimit = hardLimit
+            self.ramBytes = ramBytes
             self.fixedTarget = fixedTarget
             self.swappedBytes = swappedBytes
             self.targetBytes = targetBytes
@@ -65,6 +73,9 @@ public enum HypervisorSwapPolicy {
     /// - A limit falls by at most `stepBytesPerSecond` a round and never by more than the host swap that is
     ///   free beyond `swapReserveBytes`, taken by VMs in order: swap-out is I/O, and a full swap device
     ///   turns a limit into an OOM kill.
+    /// - A hard limit (`VM.hardLimit`) never goes below RAM + `hardLimitHeadroomBytes` − the swap left for it:
+    ///   the guest may touch all its RAM again, and what does not fit under the limit must fit in swap, or the
+    ///   kernel kills QEMU. With too little swap such a VM gets no limit at all (and is paused in low).
     /// - low: VMs above their targets are paused, and stay paused until the state is better than low; the
     ///   round the state recovers, they are resumed.
     public static func decide(vms: [VM], state: FreeMemoryState, swapFreeBytes: UInt64, elapsedMillis: UInt64,
@@ -111,7 +122,22 @@ public enum HypervisorSwapPolicy {
                 limit = vm.residentBytes - swapLeft
                 why = "host swap is short: only \(swapLeft >> 20) MiB more may be swapped out"
             }
-            swapLeft -= min(swapLeft, vm.residentBytes > limit ? vm.residentBytes - limit : 0)
+            if vm.hardLimit {
+                // Under a hard limit, all of RAM − limit (and QEMU's own growth) may have to go to swap.
+                let (needed, overflow) = vm.ramBytes.addingReportingOverflow(settings.hardLimitHeadroomBytes)
+                let floor = overflow ? UInt64.max : needed > swapLeft ? needed - swapLeft : 0
+                guard floor < vm.ramBytes else {
+                    return Decision(name: vm.name, limitBytes: nil, pause: pause,
+                                    reason: "not swapped: its limit would be a hard one (cgroup v1), and with \(swapLeft >> 20) MiB of host swap left for it a guest touching its RAM again would be OOM-killed; add host swap")
+                }
+                if floor > limit {
+                    limit = floor
+                    why = "a hard limit (cgroup v1) stays at RAM − the \(swapLeft >> 20) MiB of host swap left, so a guest touching all its RAM is swapped, not OOM-killed"
+                }
+                swapLeft -= min(swapLeft, needed > limit ? needed - limit : 0)
+            } else {
+                swapLeft -= min(swapLeft, vm.residentBytes > limit ? vm.residentBytes - limit : 0)
+            }
             let reason = limit > vm.targetBytes + tolerance
                 ? "swapping toward target \(vm.targetBytes >> 20) MiB, limit \(limit >> 20) MiB now: \(why)"
                 : "held at target \(vm.targetBytes >> 20) MiB by hypervisor swap: \(why)"
@@ -127,6 +153,9 @@ public enum HypervisorSwapPolicy {
 
 /// How hypervisor swapping may act, each default with its reason.
 public struct SwapSettings: Equatable, Sendable {
+    /// What QEMU itself may grow by under a hard limit (its heap, TCG's buffers, I/O): the same 64 MiB the
+    /// host reserves per VM for it (`vm_overhead_mib`), to be covered by swap too.
+    public var hardLimitHeadroomBytes: UInt64 = 64 << 20
     /// A balloon that has not brought the VM closer to its target for this long cannot deliver. 10 s is
     /// five of the guest agent's default inflate rounds: a healthy balloon moves within two, and a guest at
     /// its floor or backing off after pressure does not move at all.

@@ -118,6 +118,8 @@ final class TestLibvirtd {
         let channelSocket = withAgent ? directory.appendingPathComponent("\(name).sock").path : nil
         let agent = (channelSocket == nil ? "" : " ballonet.agent=1 ballonet.agent_args=\"--sample-seconds 2\"")
             + (run.map { " ballonet.run=\"\($0)\"" } ?? "")
+        let cmdline = "console=ttyS0 panic=-1 ballonet.hostname=\(name)\(agent)"
+            .replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;").replacingOccurrences(of: ">", with: "&gt;")
         let channel = channelSocket.map {
             "<controller type='virtio-serial' index='0'/><channel type='unix'><source mode='bind' path='\($0)'/><target type='virtio' name='org.ballonet.0'/></channel>"
         } ?? ""
@@ -133,7 +135,7 @@ final class TestLibvirtd {
                 <type arch='x86_64' machine='pc'>hvm</type>
                 <kernel>\(image.kernel.path)</kernel>
                 <initrd>\(image.initramfs.path)</initrd>
-                <cmdline>console=ttyS0 panic=-1 ballonet.hostname=\(name)\(agent)</cmdline>
+                <cmdline>\(cmdline)</cmdline>
               </os>
               <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
               <on_poweroff>destroy</on_poweroff><on_reboot>destroy</on_reboot><on_crash>destroy</on_crash>

@@ -1,4 +1,5 @@
 import BallonetPolicy
+import BallonetTestSupport
 import Testing
 
 /// The rules of hypervisor swapping and pausing, one round at a time and over simulated rounds.
@@ -66,6 +67,54 @@ import Testing
         // Half a second's round steps half as far.
         let half = HypervisorSwapPolicy.decide(vms: [vms[0]], state: .hard, swapFreeBytes: 4 << 30, elapsedMillis: 500, settings: settings)
         #expect(half[0].limitBytes == 436 * mib)
+    }
+
+    /// A hard limit (cgroup v1) OOM-kills a guest that touches its RAM again with swap full: the limit stays
+    /// at RAM + headroom − the swap left for it, or is not set at all.
+    @Test func aHardLimitNeverAsksMoreOfSwapThanIsLeft() {
+        let vm = HypervisorSwapPolicy.VM(name: "v1", targetBytes: 300 * mib, residentBytes: 469 * mib, balloon: .stalled(forMillis: 12_000),
+                                         hardLimit: true, ramBytes: 512 * mib)
+        let none = decide(vm, .soft, swapFree: 0)
+        #expect(none.limitBytes == nil && none.reason.contains("OOM-killed"), "\(none)")
+        // 264 MiB free, 64 reserved: 200 MiB of swap; RAM 512 + 64 headroom − 200 = 376 MiB at the least.
+        let clamped = decide(vm, .soft, swapFree: 264 * mib)
+        #expect(clamped.limitBytes == 376 * mib, "\(clamped)")
+        // The same VM with memory.high (not hard) steps to the target as before.
+        var soft = vm
+        soft.hardLimit = false
+        #expect(decide(soft, .soft, swapFree: 264 * mib).limitBytes == 341 * mib)
+        // Two hard-limited VMs share the swap: the second gets what the first leaves.
+        let both = HypervisorSwapPolicy.decide(vms: [vm, vm], state: .hard, swapFreeBytes: 349 * mib, elapsedMillis: 1_000, settings: settings)
+        #expect(both[0].limitBytes == 341 * mib, "285 MiB of swap covers 576 − 341: \(both[0])")
+        #expect(both[1].limitBytes == nil, "the 50 MiB left is not enough for a second: \(both[1])")
+    }
+
+    @Test(arguments: 0..<200)
+    func hardLimitsAlwaysFitInSwap(seed: Int) {
+        var random = SeededGenerator(seed: UInt64(seed))
+        let vms = (0..<4).map { index -> HypervisorSwapPolicy.VM in
+            let ram = UInt64.random(in: 256...2048, using: &random) * mib
+            let resident = UInt64.random(in: 0...(ram / mib), using: &random) * mib
+            return HypervisorSwapPolicy.VM(name: "vm\(index)", targetBytes: UInt64.random(in: 64...(ram / mib), using: &random) * mib,
+                                           residentBytes: resident, balloon: Bool.random(using: &random) ? .noAgent : .delivering,
+                                           previousLimitBytes: Bool.random(using: &random) ? resident : nil,
+                                           hardLimit: Bool.random(using: &random), ramBytes: ram)
+        }
+        let swapFree = UInt64.random(in: 0...4096, using: &random) * mib
+        let state = [FreeMemoryState.soft, .hard, .low][seed % 3]
+        let made = HypervisorSwapPolicy.decide(vms: vms, state: state, swapFreeBytes: swapFree, elapsedMillis: 1_000, settings: settings)
+        var promised: UInt64 = 0
+        for (vm, decision) in zip(vms, made) {
+            guard let limit = decision.limitBytes else { continue }
+            if vm.hardLimit {
+                #expect(limit < vm.ramBytes)
+                promised += vm.ramBytes + settings.hardLimitHeadroomBytes - min(limit, vm.ramBytes + settings.hardLimitHeadroomBytes)
+            } else if vm.residentBytes > limit {
+                promised += vm.residentBytes - limit
+            }
+        }
+        let room = swapFree > settings.swapReserveBytes ? swapFree - settings.swapReserveBytes : 0
+        #expect(promised <= room, "limits ask \(promised >> 20) MiB of swap; \(room >> 20) MiB is there")
     }
 
     @Test func swapOffMeansNoLimitButStillPausesInLow() {

@@ -327,7 +327,8 @@ public final class HostEngine: @unchecked Sendable {
             return HypervisorSwapPolicy.VM(name: vm.endpoint.name, targetBytes: target, residentBytes: vm.account.residentBytes,
                                            swappedBytes: vm.account.swappedBytes, balloon: verdict, swapAllowed: vm.swapper != nil && vm.figures != nil,
                                            previousLimitBytes: vm.swapper?.limitBytes, paused: vm.paused,
-                                           fixedTarget: vm.commandedTargetBytes != nil || vm.configuration.targetMiB != nil)
+                                           fixedTarget: vm.commandedTargetBytes != nil || vm.configuration.targetMiB != nil,
+                                           hardLimit: vm.swapper?.mechanism.isHardLimit ?? false, ramBytes: vm.account.memoryBytes)
         }
         let elapsed = lastSwapRoundMillis.map { nowMillis > $0 ? nowMillis - $0 : 0 } ?? Self.sampleMillis
         lastSwapRoundMillis = nowMillis

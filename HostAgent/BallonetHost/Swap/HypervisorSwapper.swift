@@ -41,6 +41,15 @@ public final class HypervisorSwapper {
             }
         }
 
+        /// The limit OOM-kills when the group cannot reclaim: v1's memory.limit_in_bytes (directly or as
+        /// libvirt's hard_limit). v2's memory.high only throttles; pageout holds nothing.
+        public var isHardLimit: Bool {
+            switch self {
+            case .cgroup(let group), .libvirt(let group, _): group.version == .v1
+            case .pageout: false
+            }
+        }
+
         static func tunable(_ group: MemoryCgroup) -> String { group.version == .v2 ? "soft_limit" : "hard_limit" }
 
         var group: MemoryCgroup? {
