@@ -195,7 +195,7 @@ public final class HostEngine: @unchecked Sendable {
             guard let index = vms.firstIndex(where: { $0.endpoint.name == name }) else { return }
             let vm = vms.remove(at: index)
             vm.close(reason: reason)
-            pauseMarkersRemove(vm)
+            forgetPause(of: vm)
             logger.notice("\(reason): no longer managed; its share goes to the other VMs", metadata: ["vm": "\(name)"])
             policyRound(nowMillis: Self.nowMillis())
         case .settingsChanged(let name, let metadata):
@@ -210,7 +210,7 @@ public final class HostEngine: @unchecked Sendable {
     }
 
     /// A VM that is gone leaves no pause marker behind (a later VM of the same name must not be resumed).
-    private func pauseMarkersRemove(_ vm: VMRuntime) {
+    private func forgetPause(of vm: VMRuntime) {
         if vm.paused { vm.pauseMarkers.remove(vm.endpoint.name) }
     }
 
