@@ -12,7 +12,7 @@ FUZZ_CORPUS := Fuzz/corpus/decoder
 CHECK_FUZZ_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 
-.PHONY: check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy bench-sampling sampling-trace simulate demo clean
+.PHONY: deb check-packaging check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy bench-sampling sampling-trace simulate demo clean
 
 ## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
 ## The test runner's summary is the last thing it prints.
@@ -54,6 +54,15 @@ $(FUZZ_BIN): Fuzz/DecoderFuzz.swift $(wildcard Shared/BallonetWire/*.swift)
 ## fuzz-seeds: regenerate the committed seed corpus after a format change.
 fuzz-seeds:
 	BALLONET_WRITE_FUZZ_SEEDS=1 $(SWIFT) test --filter FuzzSeedTests
+
+## deb: the ballonet-host and ballonet-guest Debian packages (dpkg-buildpackage, release builds with the
+## static Swift stdlib), checked by lintian; in .build-deb/.
+deb: deps
+	@bash scripts/build-deb.sh
+
+## check-packaging: install, upgrade and purge both packages on this machine (root); nothing may be left.
+check-packaging: deb
+	@bash scripts/check-packaging.sh
 
 ## bench-wire: encode/decode throughput and bytes on the wire; keeps a copy in docs/benchmarks/wire.md.
 bench-wire:

@@ -15,6 +15,8 @@ packages=(
   # libvirt: the C library and headers ballonet-host links (libvirt-dev), and the daemon with its QEMU
   # driver and virsh, which the libvirt integration tests start themselves (no service is started here).
   libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
+  # make deb: Debian packaging and its checks.
+  dpkg-dev debhelper lintian
 )
 
 missing=()

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import BallonetLinux
 import BallonetWire
+import BallonetGuest
 import BallonetTestSupport
 
 /// The real `ballonet-guest` binary on this machine (a Linux guest as far as it knows), against a host
@@ -187,6 +188,44 @@ import BallonetTestSupport
         _ = try connection.next { if case .goodbye(let goodbye) = $0 { goodbye.reason == .shutdown } else { false } }
         #expect(agent.waitForExit(timeout: .seconds(10)) == 0)
         #expect(try scratch.allocatedBytes() == 0)
+    }
+
+    /// A package upgrade restarts the agent: with the handover marker naming its pid, SIGTERM leaves the
+    /// balloon pinned in its file, and the next agent re-adopts it. A marker naming another pid is ignored.
+    @Test func aHandoverKeepsTheBalloonForTheNextAgent() throws {
+        let scratch = try Scratch()
+        var host: TestHostPeer? = try TestHostPeer(path: scratch.socketPath)
+        let first = try scratch.startAgent()
+        _ = try host!.handshake()
+        _ = try Self.inflate(try #require(host!.connection), host: host!, to: 32 * Self.mib)
+        let marker = GuestDaemon.handoverMarker(balloonDirectory: scratch.balloonDirectory)
+        try FileSystem.writeFile(marker, "\(first.pid)\n", creatingWithPermissions: 0o644)
+        first.kill(.terminate)
+        let goodbye = try host!.connection!.next { if case .goodbye = $0 { true } else { false } }
+        if case .goodbye(let message) = goodbye.message { #expect(message.message.contains("handover")) }
+        #expect(first.waitForExit(timeout: .seconds(10)) == 0)
+        host = nil
+        #expect(try scratch.allocatedBytes() >= Int64(32 * Self.mib * 4096), "the balloon stays in its file")
+        #expect(!FileSystem.exists(marker), "the marker is used once")
+
+        let host2 = try TestHostPeer(path: scratch.socketPath)
+        let second = try scratch.startAgent(log: "agent2.log")
+        #expect(try host2.handshake().balloonPages == 32 * Self.mib, "re-adopted: \(second.log)")
+        // The host answers the re-adopted pages' reports, so a real stop may give them back.
+        let connection2 = try #require(host2.connection)
+        var answered: UInt64 = 0
+        while answered < 32 * Self.mib {
+            let envelope = try connection2.next { if case .inflateReport = $0 { true } else { false } }
+            guard case .inflateReport(let report) = envelope.message else { continue }
+            answered += report.ranges.pageCount
+            try connection2.send(.reclaimAck(ReclaimAck(hostSessionID: host2.sessionID, batchID: report.batchID, reclaimedPages: 0)))
+        }
+        // A stale marker (another pid) does not stop a real SIGTERM from giving the balloon back.
+        try FileSystem.writeFile(marker, "\(first.pid)\n", creatingWithPermissions: 0o644)
+        second.kill(.terminate)
+        #expect(second.waitForExit(timeout: .seconds(20)) == 0)
+        #expect(try scratch.allocatedBytes() == 0, "\(second.log)")
+        try? FileSystem.removeFile(marker)
     }
 
     @Test func malformedFramesResetTheSessionAndTheAgentKeepsRunning() throws {

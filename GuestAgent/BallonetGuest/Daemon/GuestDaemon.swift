@@ -412,6 +412,7 @@ public final class GuestDaemon {
     /// the balloon file for the next agent.
     func shutDown() {
         _ = try? Systemd.notify("STOPPING=1")
+        if handOver() { return }
         release(ledger.releasable(covering: .max), reason: .shutdown)
         let deadline = Self.nowMillis() + settings.shutdownAnswerWaitMillis
         while ledger.unansweredBatchCount > 0, port != nil, Self.nowMillis() < deadline {
@@ -425,6 +426,27 @@ public final class GuestDaemon {
         }
         send(.goodbye(Goodbye(reason: .shutdown, message: "ballonet-guest stopping")))
         logger.notice("stopped")
+    }
+}
+
+extension GuestDaemon {
+    /// `<balloon directory>.handover`: written by the package's upgrade with the pid of the agent it is about
+    /// to restart. That agent stops without giving the balloon back, and the new one re-adopts it.
+    public static func handoverMarker(balloonDirectory: String) -> String { balloonDirectory + ".handover" }
+
+    /// A stop for a handover (an upgrade restarting the agent): the marker names this agent's pid, so a
+    /// marker left from an earlier agent never keeps a balloon that a real stop should give back. The
+    /// balloon stays pinned in its file, as after a crash; the host is told, and the marker removed.
+    func handOver() -> Bool {
+        let marker = Self.handoverMarker(balloonDirectory: settings.balloonDirectory)
+        // A pid and a newline; 64 bytes bound a file that is something else.
+        guard let bytes = try? FileSystem.readFile(marker, maxBytes: 64),
+              Int32(String(decoding: bytes, as: UTF8.self).split(whereSeparator: { $0 == "\n" || $0 == " " }).first ?? "") == ProcessControl.currentID
+        else { return false }
+        try? FileSystem.removeFile(marker)
+        logger.notice("stopping for a handover (\(marker)): \(ledger.pinnedPages / 256) MiB stay pinned in the balloon file for the next agent")
+        send(.goodbye(Goodbye(reason: .shutdown, message: "ballonet-guest restarting (handover); the balloon stays for the next agent")))
+        return true
     }
 }
 
