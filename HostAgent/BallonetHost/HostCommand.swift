@@ -21,8 +21,9 @@ public struct HostCommand: AsyncParsableCommand {
             after checking every reported page against the VM's RAM map; anything else a guest sends is \
             refused and logged, never acted on.
 
-            Config:  /etc/ballonet/host.toml (see packaging/host.toml for every key, commented)
+            Config:  /etc/ballonet/host.toml (every key shown, commented, with its default)
             Control: ballonetctl, over /run/ballonet/control.sock
+            libvirt: its running domains are managed too ([libvirt] uri, default qemu:///system);             `ballonet-host admit` is the admission hook (/usr/share/ballonet/libvirt-qemu-hook)
             """,
         version: BallonetVersion.software,
         subcommands: [Run.self, SimulateCommand.self, AdmitCommand.self]
@@ -40,7 +41,9 @@ extension HostCommand {
                 VMs come from [[vm]] tables in the configuration: a VM with kernel (and initrd) or disk is a \
                 QEMU this agent starts (memfd-backed RAM, the org.ballonet.0 port and QMP on sockets in \
                 <state directory>/<vm>/); a VM with qmp_socket and port_socket is a running QEMU it attaches \
-                to (--attach does the same from the command line). Started QEMUs keep running when the agent \
+                to (--attach does the same from the command line). libvirt's running domains with the \
+                org.ballonet.0 channel or a virtio balloon are followed as they start and stop, with min, max \
+                and shares from their Ballonet metadata (virsh metadata; see docs/LIBVIRT.md). Started QEMUs keep running when the agent \
                 exits (unless stop_vms_on_exit), and a restarted agent attaches to them again.
 
                 Each VM's resident-memory target is its target_mib, a `ballonetctl set-target`, or what the \
