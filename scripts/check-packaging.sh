@@ -4,9 +4,10 @@
 # the configuration is in place as conffiles, the man pages are there; after purge no file of the
 # packages and no ballonet process is left.
 #
-# The upgrade installs the same build repacked as version <version>+upgradetest, which runs every
-# maintainer script an upgrade runs. On this machine systemd is not PID 1, so units are enabled but not
-# started; the balloon handover of an upgrade needs a guest with systemd (not tested here yet).
+# Between install and upgrade, PackagedGuestInSystemdTCGTests boots a Debian guest with systemd as init and
+# the ballonet-guest package installed, which the installed ballonet-host inflates and deflates, and
+# upgrades ballonet-guest inside it (the balloon is handed over). On this machine systemd is not PID 1, so
+# the host's units are enabled but not started here; the guest's run under systemd in that test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=.build-deb
@@ -20,6 +21,15 @@ if dpkg-query -W ballonet-host ballonet-guest >/dev/null 2>&1; then
     fail "ballonet packages are installed on this machine already; this check installs and purges them itself"
 fi
 export DEBIAN_FRONTEND=noninteractive
+
+# The upgrade: the same build repacked as a later version, which runs every maintainer script an upgrade runs.
+for package in ballonet-host ballonet-guest; do
+    rm -rf "$out/repack"
+    dpkg-deb -R "$out/${package}_${version}_amd64.deb" "$out/repack"
+    sed -i "s/^Version: .*/Version: $version+upgradetest/" "$out/repack/DEBIAN/control"
+    dpkg-deb -b --root-owner-group "$out/repack" "$out/${package}_${version}+upgradetest_amd64.deb" >/dev/null
+done
+rm -rf "$out/repack"
 
 echo "== install"
 apt-get install -y -qq "./$host_deb" "./$guest_deb" > "$out/install.log" 2>&1 || { cat "$out/install.log"; fail "install"; }
@@ -46,18 +56,19 @@ if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify /lib/systemd/system/ballonet-host.service /lib/systemd/system/ballonet-guest.service \
         /lib/systemd/system/run-ballonet-balloon.mount > "$out/verify.log" 2>&1 || { cat "$out/verify.log"; fail "systemd-analyze verify"; }
 fi
+echo "== a Debian guest with systemd and the ballonet-guest package, ballooned by the installed ballonet-host"
+export PATH=$PATH:/opt/swift/usr/bin
+BALLONET_PACKAGE_DIR=$PWD/$out swift test --filter PackagedGuestInSystemdTCGTests > "$out/guest-test.log" 2>&1 \
+    || { grep -v '^\[' "$out/guest-test.log" | tail -n 80; fail "the packaged guest test"; }
+grep -E 'systemd guest up|inflated:|deflated;|passed after|skipped' "$out/guest-test.log" | grep -v '^\[' || true
+grep -q 'PackagedGuestInSystemdTCGTests.*passed\|thePackagedAgentsBalloonAGuestWithSystemd() passed' "$out/guest-test.log" \
+    || fail "the packaged guest test did not run (see $out/guest-test.log)"
+
 # An edited conffile survives the upgrade.
 echo "# edited by check-packaging" >> /etc/ballonet/host.toml
 files=$( { dpkg -L ballonet-host; dpkg -L ballonet-guest; } | sort -u)
 
 echo "== upgrade (the same build repacked as $version+upgradetest)"
-for package in ballonet-host ballonet-guest; do
-    rm -rf "$out/repack"
-    dpkg-deb -R "$out/${package}_${version}_amd64.deb" "$out/repack"
-    sed -i "s/^Version: .*/Version: $version+upgradetest/" "$out/repack/DEBIAN/control"
-    dpkg-deb -b --root-owner-group "$out/repack" "$out/${package}_${version}+upgradetest_amd64.deb" >/dev/null
-done
-rm -rf "$out/repack"
 apt-get install -y -qq -o Dpkg::Options::=--force-confold "./$out/ballonet-host_${version}+upgradetest_amd64.deb" \
     "./$out/ballonet-guest_${version}+upgradetest_amd64.deb" > "$out/upgrade.log" 2>&1 || { cat "$out/upgrade.log"; fail "upgrade"; }
 [[ $(dpkg-query -W -f='${Version}' ballonet-host) == "$version+upgradetest" ]] || fail "not upgraded"

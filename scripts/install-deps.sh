@@ -15,8 +15,8 @@ packages=(
   # libvirt: the C library and headers ballonet-host links (libvirt-dev), and the daemon with its QEMU
   # driver and virsh, which the libvirt integration tests start themselves (no service is started here).
   libvirt-dev libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
-  # make deb: Debian packaging and its checks.
-  dpkg-dev debhelper lintian
+  # make deb and make check-packaging: Debian packaging, its checks, and the Debian guest it is installed in.
+  dpkg-dev debhelper lintian debootstrap
 )
 
 missing=()

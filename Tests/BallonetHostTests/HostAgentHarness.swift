@@ -17,7 +17,7 @@ final class HostAgentProcess {
     /// Metrics are off unless `metricsAddress` says where (tests run several agents at once: use port 0).
     /// libvirt is off (`libvirtURI` ""), so a test agent never takes the domains of a libvirtd on the machine.
     init(directory: URL, vms: [(name: String, qmp: String, port: String)], extraArguments: [String] = [],
-         configText: String? = nil, metricsAddress: String = "", libvirtURI: String = "") throws {
+         configText: String? = nil, metricsAddress: String = "", libvirtURI: String = "", executable: URL? = nil) throws {
         logPath = directory.appendingPathComponent("host.log").path
         controlSocket = directory.appendingPathComponent("control.sock").path
         var arguments = ["run", "--state-directory", directory.appendingPathComponent("state").path,
@@ -37,7 +37,7 @@ final class HostAgentProcess {
         for vm in vms { arguments += ["--attach", "\(vm.name),\(vm.qmp),\(vm.port)"] }
         arguments += extraArguments
         self.arguments = arguments
-        process.executableURL = try BuiltCommand.path("ballonet-host")
+        process.executableURL = try executable ?? BuiltCommand.path("ballonet-host")
         process.arguments = arguments
         FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
