@@ -32,6 +32,8 @@ done
 rm -rf "$out/repack"
 
 echo "== install"
+# Whatever happens from here, the machine is left without the packages.
+trap 'apt-get purge -y -qq ballonet-host ballonet-guest > /dev/null 2>&1 || true' EXIT
 apt-get install -y -qq "./$host_deb" "./$guest_deb" > "$out/install.log" 2>&1 || { cat "$out/install.log"; fail "install"; }
 [[ $(ballonet-host --version) == "$version" ]] || fail "ballonet-host --version is not $version"
 [[ $(ballonetctl --version) == "$version" ]] || fail "ballonetctl --version"

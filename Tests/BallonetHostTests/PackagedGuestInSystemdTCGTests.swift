@@ -1,5 +1,6 @@
 import BallonetHost
 import BallonetTestSupport
+import BallonetWire
 import Foundation
 import Testing
 
@@ -24,10 +25,10 @@ import Testing
         let imageDirectory = image.kernel.deletingLastPathComponent()
         let out = packages.appendingPathComponent("systemd-guest")
         let build = try BuiltCommand.run(executable: URL(fileURLWithPath: "/bin/bash"), [
-            TCGGuest.packageRoot.appendingPathComponent("packaging/debian-guest-test/build-systemd-guest.sh").path,
+            GuestImage.packageRoot.appendingPathComponent("packaging/debian-guest-test/build-systemd-guest.sh").path,
             imageDirectory.path, packages.appendingPathComponent("ballonet-guest_\(version)_amd64.deb").path,
             packages.appendingPathComponent("ballonet-guest_\(version)+upgradetest_amd64.deb").path, out.path])
-        try #require(build.status == 0, "\(build.output)")
+        try #require(build.status == 0, "building the guest failed: \(build.output)")
 
         let work = try TCGGuest.makeWorkDirectory(prefix: "pkg")
         let started = Date()
@@ -61,8 +62,13 @@ import Testing
             let upgrade = try guest.run("dpkg -i /root/ballonet-guest_\(version)+upgradetest_amd64.deb 2>&1 | tail -n 3", timeout: 300)
             #expect(upgrade.status == 0, "\(upgrade.output)")
             let after = try host.wait(for: "pkg", timeout: 120, "a new session after the upgrade") { $0.sessions > sessions && $0.agentVersion != nil }
-            #expect(after.balloonBytes >= inflated.balloonBytes - (8 << 20), "the balloon survives the upgrade: \(after.balloonBytes >> 20) MiB")
+            let kept = after.balloonBytes >> 20
+            #expect(after.balloonBytes + (8 << 20) >= inflated.balloonBytes, "the balloon survives the upgrade: \(kept) MiB")
             let journal = try guest.run("journalctl -u ballonet-guest.service --no-pager | grep -E 'handover|re-adopted' | tail -n 4", timeout: 60)
+            if !journal.output.contains("re-adopted") {
+                let all = try guest.run("journalctl -u ballonet-guest.service --no-pager | tail -n 25 | cut -c1-300; ls -la /run/ballonet /run/ballonet/balloon; findmnt /run/ballonet/balloon", timeout: 60)
+                print("guest journal after the upgrade:\n\(all.output)")
+            }
             #expect(journal.output.contains("handover") && journal.output.contains("re-adopted"), "\(journal.output)")
             let version = try guest.run("dpkg-query -W -f='${Version}' ballonet-guest; test ! -e /run/ballonet/balloon.handover", timeout: 30)
             #expect(version.status == 0 && version.output.contains("upgradetest"), "\(version.output)")
