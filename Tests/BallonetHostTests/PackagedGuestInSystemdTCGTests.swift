@@ -66,7 +66,7 @@ import Testing
             #expect(after.balloonBytes + (8 << 20) >= inflated.balloonBytes, "the balloon survives the upgrade: \(kept) MiB")
             let journal = try guest.run("journalctl -u ballonet-guest.service --no-pager | grep -E 'handover|re-adopted' | tail -n 4", timeout: 60)
             if !journal.output.contains("re-adopted") {
-                let all = try guest.run("journalctl -u ballonet-guest.service --no-pager | tail -n 25 | cut -c1-300; ls -la /run/ballonet /run/ballonet/balloon; findmnt /run/ballonet/balloon", timeout: 60)
+                let all = try guest.run("journalctl --no-pager | grep -iE 'mount|balloon.*(adopt|file)|unmount' | tail -n 25 | cut -c1-250; findmnt /run/ballonet/balloon", timeout: 60)
                 print("guest journal after the upgrade:\n\(all.output)")
             }
             #expect(journal.output.contains("handover") && journal.output.contains("re-adopted"), "\(journal.output)")
