@@ -7,7 +7,8 @@ import Testing
 /// The packages as users install them: a minimal Debian 12 guest (debootstrap) with systemd as init and the
 /// ballonet-guest package installed by dpkg boots under TCG. Its unit starts when the org.ballonet.0 port
 /// appears. The ballonet-host of the installed package (and the ballonetctl link) inflates and deflates its
-/// balloon, and an upgrade of ballonet-guest inside the guest hands the balloon over to the new agent.
+/// balloon, an upgrade of ballonet-guest inside the guest hands the balloon over to the new agent, and the
+/// unit stops when the port is unplugged.
 ///
 /// Run by `make check-packaging` (scripts/check-packaging.sh) with the packages installed on this machine
 /// and BALLONET_PACKAGE_DIR naming the directory with the .debs; skipped by `make check`.
@@ -78,6 +79,15 @@ import Testing
                                              ["set-target", "pkg", "1024", "--socket", host.controlSocket])
             #expect(clear.status == 0, "\(clear.output)")
             try host.wait(for: "pkg", timeout: 180, "the balloon deflated") { $0.balloonBytes == 0 }
+            // The port goes (hot-unplugged): systemd stops the agent with it (BindsTo= the port's device).
+            _ = try guest.qmp(#"{"execute":"device_del","arguments":{"id":"ballonetport0"}}"#)
+            var state = ""
+            for _ in 0..<40 where state != "inactive" {
+                Thread.sleep(forTimeInterval: 1.5)
+                state = (try? guest.run("systemctl is-active ballonet-guest.service", timeout: 20).output)?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            }
+            #expect(state == "inactive", "ballonet-guest.service is \(state) after its port went")
             print("deflated; the whole test took \(Int(Date().timeIntervalSince(started))) s after the image was built")
         } catch {
             let journal = (try? guest.run("journalctl -u ballonet-guest.service --no-pager | tail -n 30", timeout: 30).output) ?? "?"

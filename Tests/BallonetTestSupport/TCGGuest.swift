@@ -130,7 +130,7 @@ public final class TCGGuest: @unchecked Sendable {
             "-mon", "chardev=qmp0,mode=control",
             "-device", "virtio-serial-pci,id=vser0",
             "-chardev", "socket,id=ballonet0,path=\(portSocket),server=on,wait=off",
-            "-device", "virtserialport,bus=vser0.0,chardev=ballonet0,name=org.ballonet.0",
+            "-device", "virtserialport,bus=vser0.0,chardev=ballonet0,name=org.ballonet.0,id=ballonetport0",
             // Entropy from the host: without it getrandom() in the guest blocks for seconds after boot,
             // and with it every Swift program that seeds a hash table (ballonet-guest included).
             "-device", "virtio-rng-pci",
