@@ -75,6 +75,16 @@ public struct VMAccount: Codable, Equatable, Sendable {
 
     public init(name: String) { self.name = name }
 
+    /// The balloon now holds `bytes`: the change is counted as inflated or deflated (wrapping, as counters do).
+    mutating func recordBalloon(_ bytes: UInt64) {
+        if bytes > balloonBytes {
+            inflatedBytes &+= bytes - balloonBytes
+        } else {
+            deflatedBytes &+= balloonBytes - bytes
+        }
+        balloonBytes = bytes
+    }
+
     /// Bytes of `pages` 4 KiB pages, saturating: every count comes from the guest (safety invariant 6),
     /// and a hostile one must not make the host trap on overflow.
     public static func bytes(ofPages pages: UInt64) -> UInt64 {

@@ -63,7 +63,7 @@ public final class HostEngine: @unchecked Sendable {
     /// Asks the loop to finish (from any thread: the service's shutdown handler).
     public func requestStop() {
         stopRequested.store(true, ordering: .sequentiallyConsistent)
-        _ = try? wakeWriter.descriptor.send(all: [1])
+        wakeLoop()
     }
 
     /// Wakes the loop from its poll (from any thread: libvirt's event thread).
@@ -156,10 +156,10 @@ public final class HostEngine: @unchecked Sendable {
 
     /// The configuration a VM runs with: host.toml's (or the defaults), its source's metadata over that,
     /// and `ballonetctl set`'s settings over both.
-    private func configuration(for endpoint: VMEndpoint, metadata: BallonetDomainMetadata?) -> VMConfiguration {
-        var vm = configuration.vms.first { $0.name == endpoint.name } ?? VMConfiguration(name: endpoint.name)
+    private func configuration(for name: String, metadata: BallonetDomainMetadata?) -> VMConfiguration {
+        var vm = configuration.vms.first { $0.name == name } ?? VMConfiguration(name: name)
         if let metadata { vm = metadata.applied(to: vm) }
-        if let saved = settings[endpoint.name] { vm = saved.applied(to: vm) }
+        if let saved = settings[name] { vm = saved.applied(to: vm) }
         return vm
     }
 
@@ -170,7 +170,7 @@ public final class HostEngine: @unchecked Sendable {
                          metadata: ["vm": "\(endpoint.name)"])
             return
         }
-        let vmConfiguration = configuration(for: endpoint, metadata: endpoint.metadata)
+        let vmConfiguration = configuration(for: endpoint.name, metadata: endpoint.metadata)
         if let saved = settings[endpoint.name] {
             logger.notice("settings from ballonetctl set (\(configuration.settingsFile)): shares \(saved.shares.map(String.init) ?? "-"), min \(saved.minMiB.map { "\($0) MiB" } ?? "-"), max \(saved.maxMiB.map { "\($0) MiB" } ?? "-")",
                           metadata: ["vm": "\(endpoint.name)"])
@@ -200,7 +200,7 @@ public final class HostEngine: @unchecked Sendable {
             policyRound(nowMillis: Self.nowMillis())
         case .settingsChanged(let name, let metadata):
             guard let vm = vms.first(where: { $0.endpoint.name == name }) else { return }
-            let updated = configuration(for: vm.endpoint, metadata: metadata)
+            let updated = configuration(for: name, metadata: metadata)
             guard updated != vm.configuration else { return }
             vm.configuration = updated
             let maximum = updated.maxMiB.map { "\($0) MiB" } ?? "its RAM"
@@ -423,9 +423,7 @@ public final class HostEngine: @unchecked Sendable {
         guard let name = request.vm, let memoryMiB = request.mib, memoryMiB > 0 else {
             return ControlResponse(ok: false, error: "admit needs the VM's name and its memory in MiB")
         }
-        var vm = configuration.vms.first { $0.name == name } ?? VMConfiguration(name: name)
-        vm = BallonetDomainMetadata(minMiB: request.minMiB, maxMiB: request.maxMiB, shares: request.shares).applied(to: vm)
-        if let saved = settings[name] { vm = saved.applied(to: vm) }
+        let vm = configuration(for: name, metadata: BallonetDomainMetadata(minMiB: request.minMiB, maxMiB: request.maxMiB, shares: request.shares))
         var ledger = AdmissionLedger(configuration: configuration, meminfo: try? ProcFiles.meminfo())
         for other in vms where other.endpoint.name != name {
             ledger.add(other.configuration, memoryMiB: other.account.memoryBytes > 0 ? other.account.memoryBytes >> 20 : nil)

@@ -301,13 +301,19 @@ final class VMRuntime {
         steer(nowMillis: nowMillis)
     }
 
+    /// The balloon size (pages) the steering asks for now, to bring the VM to its target; nil: nothing to send.
+    private func nextBalloonRequest(nowMillis: UInt64) -> UInt64? {
+        let memoryPages = account.memoryBytes / Self.pageSize
+        let targetPages = min(account.targetBytes / Self.pageSize, memoryPages)
+        return steering.next(wantedPages: memoryPages - targetPages, balloonPages: account.balloonBytes / Self.pageSize, nowMillis: nowMillis)
+    }
+
+    /// The wire's page: 4 KiB, whatever size the guest pins.
+    static let pageSize: UInt64 = 4096
+
     private func steer(nowMillis: UInt64) {
-        let pageSize: UInt64 = 4096
-        let memoryPages = account.memoryBytes / pageSize
-        let targetPages = min(account.targetBytes / pageSize, memoryPages)
-        let wanted = memoryPages - targetPages
-        guard let request = steering.next(wantedPages: wanted, balloonPages: account.balloonBytes / pageSize, nowMillis: nowMillis),
-              var session else { return }
+        let pageSize = Self.pageSize
+        guard let request = nextBalloonRequest(nowMillis: nowMillis), var session else { return }
         let requestID = session.nextRequest()
         self.session = session
         account.requestedBalloonBytes = request * pageSize
@@ -320,13 +326,8 @@ final class VMRuntime {
     /// (the guest's virtio-balloon driver gives pages back and QEMU discards them). The balloon's size is
     /// RAM − the balloon's "actual", read from libvirt's statistics in `sampleHostFigures`.
     private func steerVirtioBalloon(nowMillis: UInt64) {
-        guard let balloon = endpoint.virtioBalloon else { return }
-        let pageSize: UInt64 = 4096
-        let memoryPages = account.memoryBytes / pageSize
-        let targetPages = min(account.targetBytes / pageSize, memoryPages)
-        guard account.targetBytes > 0,
-              let request = steering.next(wantedPages: memoryPages - targetPages, balloonPages: account.balloonBytes / pageSize, nowMillis: nowMillis)
-        else { return }
+        guard let balloon = endpoint.virtioBalloon, account.targetBytes > 0, let request = nextBalloonRequest(nowMillis: nowMillis) else { return }
+        let pageSize = Self.pageSize
         let keepKiB = (account.memoryBytes - request * pageSize) >> 10
         do {
             try balloon.domain().setBalloonTarget(kibibytes: keepKiB)
@@ -345,13 +346,7 @@ final class VMRuntime {
             let stats = try balloon.domain().memoryStats()
             // VIR_DOMAIN_MEMORY_STAT_ACTUAL_BALLOON, KiB: what the guest has now.
             guard let actualKiB = stats[6], actualKiB <= account.memoryBytes >> 10 else { return }
-            let bytes = account.memoryBytes - actualKiB << 10
-            if bytes > account.balloonBytes {
-                account.inflatedBytes &+= bytes - account.balloonBytes
-            } else {
-                account.deflatedBytes &+= account.balloonBytes - bytes
-            }
-            account.balloonBytes = bytes
+            account.recordBalloon(account.memoryBytes - actualKiB << 10)
         } catch {
             logger.debug("virtio balloon statistics: \(error)")
         }
@@ -376,13 +371,7 @@ final class VMRuntime {
             case .reclaim(let request):
                 reclaim(request, nowMillis: nowMillis)
             case .balloonChanged(let pages, let reason):
-                let bytes = VMAccount.bytes(ofPages: pages)
-                if bytes > account.balloonBytes {
-                    account.inflatedBytes = account.inflatedBytes.addingReportingOverflow(bytes - account.balloonBytes).partialValue
-                } else {
-                    account.deflatedBytes = account.deflatedBytes.addingReportingOverflow(account.balloonBytes - bytes).partialValue
-                }
-                account.balloonBytes = bytes
+                account.recordBalloon(VMAccount.bytes(ofPages: pages))
                 logger.debug("balloon \(VMAccount.bytes(ofPages: pages) >> 20) MiB: \(reason)", metadata: ["session": "\(sessionID)"])
             case .guestReleasedUnderPressure(let pages):
                 account.pressureReleasedBytes = account.pressureReleasedBytes.addingReportingOverflow(VMAccount.bytes(ofPages: pages)).partialValue

@@ -206,12 +206,6 @@ public final class LibvirtDomain: @unchecked Sendable {
         return id == UInt32.max ? nil : id
     }
 
-    public func isActive() throws -> Bool {
-        let active = virDomainIsActive(pointer)
-        guard active >= 0 else { throw LibvirtError.last("virDomainIsActive(\(name))") }
-        return active == 1
-    }
-
     /// The live XML (or the persistent definition, `inactive`).
     public func xml(inactive: Bool = false) throws -> String {
         guard let text = virDomainGetXMLDesc(pointer, inactive ? VIR_DOMAIN_XML_INACTIVE.rawValue : 0) else {
@@ -249,13 +243,6 @@ public final class LibvirtDomain: @unchecked Sendable {
     public func setBalloonTarget(kibibytes: UInt64) throws {
         guard virDomainSetMemoryFlags(pointer, UInt(kibibytes), VIR_DOMAIN_AFFECT_LIVE.rawValue) == 0 else {
             throw LibvirtError.last("virDomainSetMemoryFlags(\(name), \(kibibytes) KiB)")
-        }
-    }
-
-    /// Asks the guest's virtio balloon driver for statistics every `seconds` (0: never).
-    public func setMemoryStatsPeriod(seconds: Int32) throws {
-        guard virDomainSetMemoryStatsPeriod(pointer, seconds, VIR_DOMAIN_AFFECT_LIVE.rawValue) == 0 else {
-            throw LibvirtError.last("virDomainSetMemoryStatsPeriod(\(name))")
         }
     }
 
@@ -326,14 +313,6 @@ public final class LibvirtDomain: @unchecked Sendable {
 
     public func resume() throws {
         guard virDomainResume(pointer) == 0 else { throw LibvirtError.last("virDomainResume(\(name))") }
-    }
-
-    /// Whether libvirt has the domain paused.
-    public func isPaused() throws -> Bool {
-        var state: Int32 = 0
-        var reason: Int32 = 0
-        guard virDomainGetState(pointer, &state, &reason, 0) == 0 else { throw LibvirtError.last("virDomainGetState(\(name))") }
-        return state == Int32(VIR_DOMAIN_PAUSED.rawValue)
     }
 
     /// Starts a defined domain (tests and tools).

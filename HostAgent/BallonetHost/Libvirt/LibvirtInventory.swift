@@ -122,8 +122,10 @@ public final class LibvirtInventory: VMInventory {
     private var lastStop: [String: String] = [:]
     /// Domains missing from the list whose stop event has not arrived yet, and since when.
     private var missingSince: [String: UInt64] = [:]
-    /// Domains reported once as not manageable (neither channel nor balloon), so the log says it once.
+    /// Domains reported once as not manageable (neither channel nor balloon, or a host.toml name), and
+    /// domains whose XML was refused: the log says each once, until it changes.
     private var ignored: Set<String> = []
+    private var refusedXML: Set<String> = []
     private var nextConnectMillis: UInt64 = 0
     private var reconnectDelayMillis = LibvirtTiming.reconnectMinMillis
     private var nextResyncMillis: UInt64 = 0
@@ -234,13 +236,13 @@ public final class LibvirtInventory: VMInventory {
                 description = try LibvirtDomainDescription(xml: domain.xml())
             } catch {
                 // Bad metadata is the operator's to fix; the VM keeps its previous settings meanwhile.
-                if ignored.insert(name + "\u{0}error").inserted {
+                if refusedXML.insert(name).inserted {
                     logger.error("libvirt domain \(name): \(error)", metadata: ["vm": "\(name)"])
                 }
                 if known[name] != nil { seen.insert(name) }
                 continue
             }
-            ignored.remove(name + "\u{0}error")
+            refusedXML.remove(name)
             guard description.ballonetChannelPath != nil || description.hasVirtioBalloon else {
                 if ignored.insert(name).inserted {
                     logger.notice("libvirt domain \(name) has neither the \(LibvirtDomainDescription.channelName) channel nor a virtio balloon; Ballonet leaves it alone",

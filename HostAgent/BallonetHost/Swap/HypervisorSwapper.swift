@@ -52,13 +52,6 @@ public final class HypervisorSwapper {
 
         static func tunable(_ group: MemoryCgroup) -> String { group.version == .v2 ? "soft_limit" : "hard_limit" }
 
-        var group: MemoryCgroup? {
-            switch self {
-            case .cgroup(let group), .libvirt(let group, _): group
-            case .pageout: nil
-            }
-        }
-
         func setGroupLimit(_ bytes: UInt64?) throws {
             switch self {
             case .cgroup(let group): try group.setLimit(bytes)
