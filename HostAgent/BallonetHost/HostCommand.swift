@@ -388,11 +388,11 @@ public enum StatusTable {
     public static func render(_ status: HostStatus) -> String {
         func mib(_ bytes: UInt64?) -> String { bytes.map { "\($0 >> 20)" } ?? "-" }
         var rows: [[String]] = [["VM", "TARGET", "BALLOON", "RESIDENT", "SWAPPED", "LIMIT", "WSET", "MIN", "MAX", "SHARES", "RECLAIMED",
-                                 "METHOD", "AGENT", "STATE"]]
+                                 "SHARED", "METHOD", "AGENT", "STATE"]]
         for vm in status.vms {
             rows.append([vm.name, mib(vm.targetBytes), mib(vm.balloonBytes), mib(vm.residentBytes), mib(vm.swappedBytes), mib(vm.swapLimitBytes),
                          mib(vm.workingSetEstimateBytes), mib(vm.minBytes), mib(vm.maxBytes), vm.shares.map(String.init) ?? "-",
-                         mib(vm.reclaimedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.agentVersion ?? "-",
+                         mib(vm.reclaimedBytes), mib(vm.sharingSavedBytes), vm.reclaimMethod.isEmpty ? "-" : vm.reclaimMethod, vm.agentVersion ?? "-",
                          vm.paused ? "paused by the host (low memory); " + vm.state : vm.state])
         }
         let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
@@ -409,7 +409,7 @@ public enum StatusTable {
         for row in rows {
             let cells = row.enumerated().map { index, cell in
                 let pad = String(repeating: " ", count: widths[index] - cell.count)
-                return index == 0 || index >= 11 ? cell + pad : pad + cell
+                return index == 0 || index >= 12 ? cell + pad : pad + cell
             }
             text += cells.joined(separator: "  ").trimmingCharacters(in: .whitespaces) + "\n"
         }
@@ -419,7 +419,22 @@ public enum StatusTable {
         text += "sizes in MiB; the VMs have \(memory >> 20) MiB of RAM, \(resident >> 20) MiB of it resident on the host"
             + (status.budgetBytes.map { " (budget \($0 >> 20) MiB)" } ?? "") + "; \(reclaimed >> 20) MiB reclaimed so far"
             + (status.swapTotalBytes.map { total in "; host swap \((status.swapFreeBytes ?? 0) >> 20) of \(total >> 20) MiB free" } ?? "")
-            + "; LIMIT: hypervisor-swap limit\n"
+            + "; LIMIT: hypervisor-swap limit; SHARED: what page sharing saves the host\n"
+        if let sharing = status.sharing {
+            let running = sharing.running
+                ? "ksmd scanning (" + (sharing.rateMode == "advisor"
+                    ? "scan-time advisor, at most \(sharing.advisorMaxCPUPercent.map(String.init) ?? "?") % of a core"
+                    : "\(sharing.pagesToScan) pages every \(sharing.sleepMillis) ms") + ")"
+                : "ksmd stopped"
+            let cpu = sharing.ksmdCPUPercent.map { ", using \(MemoryPolicy.format($0, 1)) % of a core" } ?? ""
+            text += "sharing: \(running)\(cpu); saves \(sharing.savedBytes >> 20) MiB (\(sharing.sharingPages) pages merged into \(sharing.sharedPages), "
+                + "\(sharing.zeroPages.map(String.init) ?? "-") into the zero page)"
+                + (status.sharingCreditBytes.map { ", \($0 >> 20) MiB of it counted for VMs" } ?? "") + "; \(sharing.reason)\n"
+        }
+        for vm in status.vms {
+            guard let mode = vm.memoryMode else { continue }
+            text += "  \(vm.name): \(mode)" + (vm.sharing.map { "; sharing \($0)" } ?? "") + "\n"
+        }
         return text
     }
 }

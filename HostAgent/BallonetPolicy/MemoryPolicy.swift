@@ -49,9 +49,13 @@ public enum MemoryPolicy {
         public var previousState: FreeMemoryState
         /// Time since the last round: what the change limits scale with.
         public var elapsedMillis: UInt64
+        /// What page sharing saves now, all VMs' credits together (`SharingAccounting`): memory for VMs
+        /// beside M, since the guest pages it stands for are backed once.
+        public var sharingSavedBytes: UInt64
 
         public init(memoryForVMsBytes: UInt64, freeBytes: Int64, totalBytes: UInt64, previousState: FreeMemoryState = .high,
-                    elapsedMillis: UInt64 = 1_000) {
+                    elapsedMillis: UInt64 = 1_000, sharingSavedBytes: UInt64 = 0) {
+            self.sharingSavedBytes = sharingSavedBytes
             self.memoryForVMsBytes = memoryForVMsBytes
             self.freeBytes = freeBytes
             self.totalBytes = totalBytes
@@ -122,8 +126,11 @@ public enum MemoryPolicy {
         /// Free memory in percent of the total, as the state was decided on.
         public var freePercent: Double
         public var memoryForVMsBytes: UInt64
-        /// What targets may add up to: M less the high threshold's free memory and fixed targets.
+        /// What targets may add up to: M plus sharing's savings, less the high threshold's free memory and
+        /// fixed targets.
         public var capacityBytes: UInt64
+        /// The sharing savings counted in it.
+        public var sharingSavedBytes: UInt64 = 0
         public var vms: [VMDecision]
         /// When the VMs' mins (and fixed targets) do not fit in M: what an operator must hear.
         public var warning: String?
@@ -138,7 +145,8 @@ public enum MemoryPolicy {
         let k = parameters.idleCost
         // The free memory of the high threshold (and its hysteresis) stays free; fixed targets come off the top.
         let keptFree = keptFreeBytes(totalBytes: host.totalBytes, thresholds: parameters.thresholds)
-        var capacity = host.memoryForVMsBytes > keptFree ? host.memoryForVMsBytes - keptFree : 0
+        let withSharing = saturatingAdd(host.memoryForVMsBytes, host.sharingSavedBytes)
+        var capacity = withSharing > keptFree ? withSharing - keptFree : 0
         var fixedTotal: UInt64 = 0
         for vm in vms {
             if let fixed = vm.fixedTargetBytes { fixedTotal = saturatingAdd(fixedTotal, min(fixed, vm.maxBytes)) }
@@ -226,7 +234,7 @@ public enum MemoryPolicy {
             : nil
         let freePercent = host.totalBytes > 0 ? Double(host.freeBytes) / Double(host.totalBytes) * 100 : 0
         return Decision(state: state, actions: state.actions, freePercent: freePercent, memoryForVMsBytes: host.memoryForVMsBytes,
-                        capacityBytes: capacity, vms: decisions, warning: warning)
+                        capacityBytes: capacity, sharingSavedBytes: host.sharingSavedBytes, vms: decisions, warning: warning)
     }
 
     /// The free memory targets leave: (high + hysteresis) % of `totalBytes`.
@@ -284,7 +292,7 @@ public enum MemoryPolicy {
         return (value < 0 && scaled > 0 ? "-" : "") + String(whole) + (decimals > 0 ? "." + fraction : "")
     }
 
-    static func saturatingAdd(_ a: UInt64, _ b: UInt64) -> UInt64 {
+    public static func saturatingAdd(_ a: UInt64, _ b: UInt64) -> UInt64 {
         let (sum, overflow) = a.addingReportingOverflow(b)
         return overflow ? .max : sum
     }

@@ -78,6 +78,7 @@ public final class TCGGuest: @unchecked Sendable {
         appendArguments: String = "",
         virtioBalloon: Bool = false,
         ramBacking: RAMBacking = .memfd,
+        sharing: Bool = false,
         startPaused: Bool = false,
         memoryCgroup: String? = nil,
         workDirectory: URL
@@ -104,7 +105,8 @@ public final class TCGGuest: @unchecked Sendable {
 
         let backend = switch ramBacking {
         case .memfd: "memory-backend-memfd,id=ram0,size=\(memoryMiB)M,share=on"
-        case .anonymous: "memory-backend-ram,id=ram0,size=\(memoryMiB)M"
+        // KSM may merge anonymous RAM only with `sharing` (QEMU's mem-merge, on by QEMU's default).
+        case .anonymous: "memory-backend-ram,id=ram0,size=\(memoryMiB)M,merge=\(sharing ? "on" : "off")"
         }
         // panic=-1 with -no-reboot: a guest that panics makes QEMU exit instead of hanging a test.
         let commandLine = "console=ttyS0 panic=-1 ballonet.hostname=\(name) \(appendArguments)"

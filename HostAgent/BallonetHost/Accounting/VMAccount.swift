@@ -72,6 +72,20 @@ public struct VMAccount: Codable, Equatable, Sendable {
     public var deflatedBytes: UInt64 = 0
     /// Pages the guest gave back under its own pressure.
     public var pressureReleasedBytes: UInt64 = 0
+    /// Page sharing: "on" or "off" and what decided it ("on: host.toml sharing = true").
+    public var sharing: String?
+    /// How the VM's memory is reclaimed and shared, in one phrase (`MemoryMode`).
+    public var memoryMode: String?
+    /// Guest RAM is marked for KSM (smaps VmFlags "mg").
+    public var mergeable: Bool?
+    /// From /proc/<pid>/ksm_stat: pages merged with other pages, pages merged into the zero page, and
+    /// KSM's profit for the process (saved less its bookkeeping), bytes.
+    public var ksmMergingBytes: UInt64?
+    public var ksmZeroPageBytes: UInt64?
+    public var ksmProfitBytes: Int64?
+    /// What sharing saves the host for this VM (`SharingAccounting`: its shared pages' 1/n rule, and zero
+    /// pages beyond its balloon): counted as memory for VMs.
+    public var sharingSavedBytes: UInt64?
 
     public init(name: String) { self.name = name }
 
@@ -177,6 +191,10 @@ public struct HostStatus: Codable, Equatable, Sendable {
     public var sampling: String?
     /// Where Prometheus metrics are served ("127.0.0.1:9848"), nil when they are off.
     public var metricsAddress: String?
+    /// Page sharing (KSM): nil when the kernel has none.
+    public var sharing: SharingStatus?
+    /// The sharing savings the last policy round counted as memory for VMs.
+    public var sharingCreditBytes: UInt64?
     public var vms: [VMAccount]
 
     public init(version: String, budgetBytes: UInt64?, vms: [VMAccount]) {

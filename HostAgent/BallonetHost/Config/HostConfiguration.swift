@@ -50,6 +50,9 @@ public struct VMConfiguration: Equatable, Sendable {
     public var shares: UInt64?
     /// How the host may swap this VM when ballooning cannot deliver (`SwapMode`).
     public var swap: SwapMode = .auto
+    /// Page sharing (KSM) for a VM the agent starts: QEMU's mem-merge. nil: `[sharing] default`. Only
+    /// anonymous RAM can be merged; attached QEMUs and libvirt domains decide for themselves.
+    public var sharing: Bool?
 
     /// The shares the policy uses for a VM whose max is `maxBytes`.
     public func effectiveShares(maxBytes: UInt64) -> UInt64 { shares ?? max(1, (maxBytes >> 20) * 10) }
@@ -99,12 +102,26 @@ public struct HostConfiguration: Equatable, Sendable {
     /// the libvirtd every Debian host with `libvirt-daemon-system` runs; a host without it costs one failed
     /// connect per 30 s.
     public var libvirtURI = "qemu:///system"
+    public var sharing = SharingSettings()
 
     public init() {}
 
     public var effectiveControlSocket: String {
         controlSocket.isEmpty ? stateDirectory + "/control.sock" : controlSocket
     }
+}
+
+/// `[sharing]`: the KSM controller and the per-VM default.
+public struct SharingSettings: Equatable, Sendable {
+    /// The agent steers ksmd (on, off, how hard). Off: KSM is left as it is (to ksmtuned, or to nobody),
+    /// and the agent only reports what it saves.
+    public var steerKSM = true
+    /// Sharing for VMs the agent starts that do not say: off. Cross-VM sharing lets one guest learn
+    /// whether another holds a page of known content (docs/SHARING.md), so it is for VMs that trust
+    /// each other, and an operator turns it on.
+    public var defaultOn = false
+    public var policy = SharingPolicy.Settings()
+    public init() {}
 }
 
 /// The bounds on what host.toml may say, each with its reason.
@@ -139,9 +156,10 @@ extension HostConfiguration {
         ("steering", ["inflate_step_mib", "deadband_mib", "pressure_backoff_seconds"]),
         ("sampling", ["period_seconds"]),
         ("libvirt", ["uri"]),
+        ("sharing", ["steer_ksm", "default", "max_cpu_percent", "recheck_minutes"]),
         ("policy", PolicyTable.keys),
         ("vm", ["name", "memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments",
-                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib", "max_mib", "shares", "swap"]),
+                "qemu", "accelerator", "qmp_socket", "port_socket", "target_mib", "min_mib", "max_mib", "shares", "swap", "sharing"]),
     ]
 
     /// Reads `path` (nil: the default path, where a missing file means the defaults).
@@ -228,6 +246,13 @@ extension HostConfiguration {
                     }
                     configuration.libvirtURI = value
                 }
+            case "sharing":
+                if let value = try reader.boolean("steer_ksm") { configuration.sharing.steerKSM = value }
+                if let value = try reader.boolean("default") { configuration.sharing.defaultOn = value }
+                // 1 % to 100 % of one core: ksmd is one kernel thread.
+                if let value = try reader.integer("max_cpu_percent", in: 1...100) { configuration.sharing.policy.maxCPUPercent = Double(value) }
+                // Up to a day between looks on a calm host.
+                if let value = try reader.integer("recheck_minutes", in: 1...1440) { configuration.sharing.policy.recheckMillis = value * 60_000 }
             case "policy":
                 try PolicyTable.read(table, path: path, into: &configuration.policy)
             default:
@@ -282,9 +307,10 @@ private extension TOMLTableReader {
             vm.swap = mode
         }
         if let maximum = vm.maxMiB, vm.minMiB > maximum { throw outOfRange("min_mib", "at most max_mib (\(maximum))") }
+        vm.sharing = try boolean("sharing")
         let attaching = !vm.qmpSocket.isEmpty || !vm.portSocket.isEmpty
         let launchKeys = ["memory_mib", "cpus", "kernel", "initrd", "append", "disk", "ram_backing", "extra_arguments", "qemu",
-                          "accelerator"]
+                          "accelerator", "sharing"]
         if attaching {
             guard !vm.qmpSocket.isEmpty, !vm.portSocket.isEmpty else {
                 throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
@@ -319,6 +345,9 @@ private extension TOMLTableReader {
         guard launch.kernel.isEmpty != launch.disk.isEmpty else {
             throw ConfigurationError(path: path, line: table.line, kind: .outOfRange,
                                      message: "VM \(name) needs either kernel (with initrd) or disk, or qmp_socket and port_socket to attach")
+        }
+        if vm.sharing == true && launch.ramBacking == .memfd {
+            throw outOfRange("sharing", "false with ram_backing = \"memfd\": KSM merges only anonymous RAM (set ram_backing = \"anonymous\")")
         }
         if let target = vm.targetMiB, target > launch.memoryMiB {
             throw outOfRange("target_mib", "at most memory_mib (\(launch.memoryMiB))")

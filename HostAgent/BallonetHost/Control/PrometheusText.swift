@@ -54,6 +54,20 @@ public enum PrometheusText {
                           status.budgetBytes.map { [Sample(value: .integer($0))] } ?? [])
         exposition.family("ballonet_idle_tax_rate", .gauge, "The idle memory tax rate, 0 to 1.",
                           status.idleTaxRate.map { [Sample(value: .real($0))] } ?? [])
+        let sharing = status.sharing
+        exposition.family("ballonet_ksm_running", .gauge, "1 while ksmd scans (KSM run = 1), else 0; absent without KSM.",
+                          sharing.map { [Sample(value: .integer($0.running ? 1 : 0))] } ?? [])
+        exposition.family("ballonet_ksm_saved_bytes", .gauge, "Memory KSM saves: pages_sharing and zero pages.",
+                          sharing.map { [Sample(value: .integer($0.savedBytes))] } ?? [])
+        exposition.family("ballonet_ksm_zero_page_bytes", .gauge, "Pages KSM pointed at the kernel's zero page.",
+                          sharing?.zeroPages.map { [Sample(value: .integer($0 << 12))] } ?? [])
+        exposition.family("ballonet_ksm_cpu_budget_ratio", .gauge, "The CPU budget ksmd is steered to, as a fraction of one core.",
+                          sharing.map { [Sample(value: .real($0.cpuBudgetPercent / 100))] } ?? [])
+        exposition.family("ballonet_ksmd_cpu_seconds_total", .counter, "CPU time ksmd used since ballonet-host started.",
+                          sharing.map { [Sample(value: .real($0.ksmdCPUSeconds))] } ?? [])
+        exposition.family("ballonet_host_sharing_credit_bytes", .gauge,
+                          "Sharing savings the policy counted as memory for VMs in its last round.",
+                          status.sharingCreditBytes.map { [Sample(value: .integer($0))] } ?? [])
     }
 
     /// One per-VM family: its sample for a VM, nil when the VM has no such figure (yet).
@@ -115,6 +129,19 @@ public enum PrometheusText {
         },
         VMFamily(name: "ballonet_vm_refused_messages_total", kind: .counter,
                  help: "Guest messages refused (bad ranges, floods, malformed frames), never acted on.") { .integer($0.refusedMessages) },
+        VMFamily(name: "ballonet_vm_mergeable", kind: .gauge, help: "1 when the VM's guest RAM is marked for KSM (sharing on), else 0.") {
+            $0.mergeable.map { .integer($0 ? 1 : 0) }
+        },
+        VMFamily(name: "ballonet_vm_sharing_saved_bytes", kind: .gauge,
+                 help: "What page sharing saves the host for the VM: 1/n of each page shared by n, and zero pages beyond its balloon.") {
+            $0.sharingSavedBytes.map { .integer($0) }
+        },
+        VMFamily(name: "ballonet_vm_ksm_merging_bytes", kind: .gauge, help: "The VM's pages merged by KSM (ksm_merging_pages).") {
+            $0.ksmMergingBytes.map { .integer($0) }
+        },
+        VMFamily(name: "ballonet_vm_ksm_zero_page_bytes", kind: .gauge, help: "The VM's pages KSM pointed at the zero page (ksm_zero_pages).") {
+            $0.ksmZeroPageBytes.map { .integer($0) }
+        },
         VMFamily(name: "ballonet_vm_pressure_released_bytes_total", kind: .counter,
                  help: "Balloon memory the guest gave back under its own memory pressure.") { .integer($0.pressureReleasedBytes) },
     ]

@@ -39,6 +39,9 @@ public final class HostEngine: @unchecked Sendable {
     private var warnedNoSwap = false
     /// When the last swap round ran: a limit steps by the time since (a `set` runs an extra round).
     private var lastSwapRoundMillis: UInt64?
+    /// Page sharing: ksmd steered by `SharingPolicy` (nil when the kernel has no KSM).
+    private var sharing: SharingController?
+    private var lastSharingRoundMillis: UInt64?
 
 
     /// How often the VMs' figures are read and the policy runs: once a second is what an operator's live
@@ -82,6 +85,7 @@ public final class HostEngine: @unchecked Sendable {
         settings = try VMSettingsFile.load(path: configuration.settingsFile)
         control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
         let metricsServer = configuration.metricsAddress.isEmpty ? nil : try MetricsServer(address: configuration.metricsAddress, logger: logger)
+        sharing = SharingController(settings: configuration.sharing, logger: logger)
         for inventory in inventories {
             inventory.setWake { [weak self] in self?.wakeLoop() }
             for endpoint in try inventory.endpoints(logger: logger) { add(endpoint) }
@@ -109,6 +113,14 @@ public final class HostEngine: @unchecked Sendable {
         let sampling = configuration.samplingPeriodMillis > 0 ? "\(samplingSupport), every \(configuration.samplingPeriodMillis / 1000) s"
             : "host idle page sampling off ([sampling] period_seconds = 0)"
         logger.notice("\(sampling)")
+        if sharing == nil {
+            logger.notice("page sharing: this kernel has no KSM (CONFIG_KSM)")
+        } else {
+            let how = configuration.sharing.steerKSM
+                ? "ksmd steered by free memory and merge yield, at most \(MemoryPolicy.format(configuration.sharing.policy.maxCPUPercent, 0)) % of a core"
+                : "ksmd not steered ([sharing] steer_ksm = false): savings reported only"
+            logger.notice("page sharing: \(how); VMs the agent starts share \(configuration.sharing.defaultOn ? "by default" : "only with sharing = true")")
+        }
         let meminfo = try? ProcFiles.meminfo()
         let cgroups = memoryCgroups.map { "memory cgroup \($0.version.rawValue) at \($0.root)" } ?? "no memory cgroup controller"
         if let swap = meminfo?.swapTotal, swap > 0 {
@@ -131,6 +143,7 @@ public final class HostEngine: @unchecked Sendable {
                 metrics = nil
             }
             for inventory in inventories { inventory.shutdown(logger: logger) }
+            sharing?.restore()
             logger.notice("ballonet-host stopped")
         }
         while !stopRequested.load(ordering: .sequentiallyConsistent) {
@@ -247,7 +260,10 @@ public final class HostEngine: @unchecked Sendable {
             // A memfd's blocks count its pages in host swap too; what the VM holds in RAM is the rest.
             let held = participants.reduce(UInt64(0)) { sum, vm in
                 let account = vm.account
-                let inRAM = account.backingFileBytes.map { $0 > account.swappedBytes ? $0 - account.swappedBytes : 0 } ?? account.residentBytes
+                // Pages KSM merged from several VMs are held once: each VM counts its 1/n (its Pss).
+                let shared = vm.figures?.sharingSavedBytes ?? 0
+                let inRAM = account.backingFileBytes.map { $0 > account.swappedBytes ? $0 - account.swappedBytes : 0 }
+                    ?? SharingAccounting.chargedBytes(residentBytes: account.residentBytes, savedBytes: shared)
                 return sum + inRAM
             }
             // Both at most 2^63 − 1, so the difference cannot overflow.
@@ -264,7 +280,11 @@ public final class HostEngine: @unchecked Sendable {
         let participants = vms.filter { $0.account.memoryBytes > 0 }
         // One read of /proc/meminfo serves the round: free memory for the state, host swap for swapping.
         let meminfo = try? ProcFiles.meminfo()
-        guard !participants.isEmpty, let host = hostMemory(participants: participants, meminfo: meminfo) else { return }
+        guard !participants.isEmpty, let host = hostMemory(participants: participants, meminfo: meminfo) else {
+            // No VM to share among: ksmd is stopped (and steered again when VMs come).
+            sharingRound([], state: lastDecision?.state ?? .high, nowMillis: nowMillis)
+            return
+        }
         let inputs = participants.map { vm -> MemoryPolicy.VM in
             let ram = vm.account.memoryBytes
             let maxBytes = min(vm.configuration.maxMiB.map { $0 << 20 } ?? ram, ram)
@@ -285,7 +305,8 @@ public final class HostEngine: @unchecked Sendable {
         let decision = MemoryPolicy.decide(
             vms: inputs,
             host: MemoryPolicy.Host(memoryForVMsBytes: host.memoryForVMs, freeBytes: host.free, totalBytes: host.total,
-                                    previousState: previousState, elapsedMillis: lastRoundMillis.map { nowMillis - $0 } ?? Self.sampleMillis),
+                                    previousState: previousState, elapsedMillis: lastRoundMillis.map { nowMillis - $0 } ?? Self.sampleMillis,
+                                    sharingSavedBytes: participants.reduce(0) { MemoryPolicy.saturatingAdd($0, $1.account.sharingSavedBytes ?? 0) }),
             parameters: configuration.policy)
         lastRoundMillis = nowMillis
         if decision.state != previousState {
@@ -311,6 +332,30 @@ public final class HostEngine: @unchecked Sendable {
         }
         lastDecision = decision
         swapRound(participants, decision: decision, meminfo: meminfo, nowMillis: nowMillis)
+        sharingRound(participants, state: decision.state, nowMillis: nowMillis)
+    }
+
+    /// Page sharing for this round, after the targets: where balloon pages go (pageout or the zero page),
+    /// and how hard ksmd scans (`SharingPolicy`).
+    private func sharingRound(_ participants: [VMRuntime], state: FreeMemoryState, nowMillis: UInt64) {
+        guard let sharing else { return }
+        var mergeable: UInt64 = 0
+        var pending: UInt64 = 0
+        for vm in participants where vm.account.mergeable == true {
+            mergeable = MemoryPolicy.saturatingAdd(mergeable, vm.account.memoryBytes)
+            let choice = SharingPolicy.balloonReclaim(mergeable: true, ksmSteered: sharing.settings.steerKSM,
+                                                      swapFreeBytes: swapFreeBytes ?? 0, balloonBytes: vm.account.balloonBytes)
+            if (choice == .zeroPage) != vm.leaveBalloonToKSM {
+                vm.leaveBalloonToKSM = choice == .zeroPage
+                vm.logger.notice(choice == .zeroPage
+                    ? "balloon pages now go to the zero page through KSM: host swap (\((swapFreeBytes ?? 0) >> 20) MiB free) cannot take the balloon"
+                    : "balloon pages are paged out again: host swap has room")
+            }
+            pending = MemoryPolicy.saturatingAdd(pending, vm.pendingZeroMergeBytes)
+        }
+        let elapsed = lastSharingRoundMillis.map { nowMillis > $0 ? nowMillis - $0 : 0 } ?? Self.sampleMillis
+        lastSharingRoundMillis = nowMillis
+        sharing.round(elapsedMillis: elapsed, state: state, mergeableBytes: mergeable, pendingZeroMergeBytes: pending)
     }
 
     /// Hypervisor swapping and pausing for this round (`HypervisorSwapPolicy`), after the targets.
@@ -362,6 +407,8 @@ public final class HostEngine: @unchecked Sendable {
         status.swapTotalBytes = swapTotalBytes
         status.swapFreeBytes = swapFreeBytes
         status.sampling = configuration.samplingPeriodMillis > 0 ? samplingSupport.description : "off"
+        status.sharing = sharing?.status
+        status.sharingCreditBytes = lastDecision?.sharingSavedBytes
         status.metricsAddress = metrics.map { "\($0.address[..<($0.address.lastIndex(of: ":") ?? $0.address.endIndex)]):\($0.port)" }
         for vm in refused {
             var account = VMAccount(name: vm.name)

@@ -68,8 +68,13 @@ final class VMRuntime {
         logger[metadataKey: "vm"] = "\(endpoint.name)"
         self.logger = logger
         account = VMAccount(name: endpoint.name)
+        account.sharing = endpoint.sharing.map { "\($0.on ? "on" : "off"): \($0.decidedBy)" }
         self.steering = BalloonSteering(settings: steering)
     }
+
+    /// Balloon batches of this VM are left to KSM's zero page instead of paged out (set by the engine each
+    /// round: `SharingPolicy.balloonReclaim`).
+    var leaveBalloonToKSM = false
 
     /// The VM has no ballonet-guest port and its virtio balloon is driven through libvirt instead.
     private(set) var drivesVirtioBalloon = false
@@ -407,7 +412,7 @@ final class VMRuntime {
         guard let reclaimer, var session else { return }
         let outcome: Result<ReclaimOutcome, ReclaimError>
         do {
-            outcome = .success(try reclaimer.reclaim(request.extents))
+            outcome = .success(try reclaimer.reclaim(request.extents, pageOut: !leaveBalloonToKSM))
         } catch {
             outcome = .failure(error)
         }
@@ -452,6 +457,7 @@ final class VMRuntime {
             account.residentBytes = figures.residentBytes
             account.swappedBytes = figures.swappedBytes
             account.backingFileBytes = reclaimer.fileAllocatedBytes()
+            recordSharing(figures, processID: reclaimer.processID)
             if var sampler {
                 if sampler.isDue(nowMillis: nowMillis), readNanos > 0,
                    let sample = sampler.finishPeriod(referencedBytes: figures.referencedBytes, nowMillis: nowMillis, readNanos: readNanos) {
@@ -493,6 +499,37 @@ final class VMRuntime {
                 session = nil
             }
         }
+    }
+
+    /// Sharing's figures: whether guest RAM is mergeable (smaps), what KSM merged of it (ksm_stat), and what
+    /// that saves the host (`SharingAccounting`).
+    private func recordSharing(_ figures: GuestRAMFigures, processID: Int32) {
+        account.mergeable = figures.mergeable
+        if endpoint.sharing == nil {
+            account.sharing = figures.mergeable ? "on: QEMU's mem-merge (attached QEMU)" : "off: QEMU's mem-merge or its RAM backing (attached QEMU)"
+        }
+        if figures.mergeable, let stat = try? ProcFiles.ksmStat(of: .id(processID)) {
+            account.ksmMergingBytes = stat.mergingPages.map(VMAccount.bytes(ofPages:))
+            account.ksmZeroPageBytes = stat.zeroPages.map(VMAccount.bytes(ofPages:))
+            account.ksmProfitBytes = stat.processProfit
+        } else if !figures.mergeable {
+            account.ksmMergingBytes = nil
+            account.ksmZeroPageBytes = nil
+            account.ksmProfitBytes = nil
+        }
+        account.sharingSavedBytes = figures.mergeable
+            ? SharingAccounting.savedBytes(residentBytes: figures.residentBytes, proportionalBytes: figures.proportionalBytes,
+                                           zeroPageBytes: account.ksmZeroPageBytes ?? 0, balloonBytes: account.balloonBytes)
+            : nil
+        account.memoryMode = MemoryMode.describe(method: reclaimer?.methodSummary ?? "", mergeable: figures.mergeable,
+                                                 leftToKSM: leaveBalloonToKSM, virtioBalloon: drivesVirtioBalloon)
+    }
+
+    /// Balloon pages this VM's guest holds that KSM has not yet put on the zero page (while they are left to it).
+    var pendingZeroMergeBytes: UInt64 {
+        guard leaveBalloonToKSM, account.mergeable == true else { return 0 }
+        let zero = account.ksmZeroPageBytes ?? 0
+        return account.balloonBytes > zero ? account.balloonBytes - zero : 0
     }
 
     /// Sends goodbye and closes (the agent is stopping).

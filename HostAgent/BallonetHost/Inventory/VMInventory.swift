@@ -27,6 +27,9 @@ public struct VMEndpoint: Sendable {
     public var metadata: BallonetDomainMetadata?
     /// Where the VM came from, for logs and status: "host.toml" or "libvirt <uri>".
     public var source: String
+    /// Whether its source lets KSM merge its RAM, and who decided; nil: unknown (an attached QEMU, whose
+    /// command line decided: smaps shows it).
+    public var sharing: SharingChoice?
 
     public init(name: String, monitor: MonitorAccess, portSocket: String?, managed: Bool, virtioBalloon: LibvirtDomainAccess? = nil,
                 memoryTunables: LibvirtDomainAccess? = nil, metadata: BallonetDomainMetadata? = nil, source: String = "host.toml") {
@@ -38,6 +41,17 @@ public struct VMEndpoint: Sendable {
         self.memoryTunables = memoryTunables
         self.metadata = metadata
         self.source = source
+    }
+}
+
+/// Whether a VM's guest RAM may be merged by KSM, and what decided it.
+public struct SharingChoice: Equatable, Sendable {
+    public var on: Bool
+    /// "host.toml sharing = true", "[sharing] default", "libvirt <nosharepages/>", ...
+    public var decidedBy: String
+    public init(on: Bool, decidedBy: String) {
+        self.on = on
+        self.decidedBy = decidedBy
     }
 }
 
@@ -145,8 +159,9 @@ public final class QEMUInventory: VMInventory {
                 continue
             }
             let directory = directory(of: vm)
-            let endpoint = VMEndpoint(name: vm.name, monitor: .qmpSocket(directory + "/qmp.sock"), portSocket: directory + "/ballonet.sock",
+            var endpoint = VMEndpoint(name: vm.name, monitor: .qmpSocket(directory + "/qmp.sock"), portSocket: directory + "/ballonet.sock",
                                       managed: true)
+            endpoint.sharing = sharingChoice(vm, launch: launch)
             if let pid = runningProcessID(directory: directory), (try? QMPClient(path: directory + "/qmp.sock", timeout: .seconds(2))) != nil {
                 logger.notice("QEMU of \(vm.name) is already running (pid \(pid)); attaching to it", metadata: ["vm": "\(vm.name)"])
                 reservations.add(vm, memoryMiB: launch.memoryMiB)
@@ -167,9 +182,18 @@ public final class QEMUInventory: VMInventory {
             try start(vm, launch: launch, directory: directory, logger: logger)
             started.append(vm.name)
             reservations.add(vm, memoryMiB: launch.memoryMiB)
-            result.append(VMEndpoint(name: vm.name, monitor: .qmpSocket(directory + "/qmp.sock"), portSocket: directory + "/ballonet.sock", managed: true))
+            var endpoint = VMEndpoint(name: vm.name, monitor: .qmpSocket(directory + "/qmp.sock"), portSocket: directory + "/ballonet.sock", managed: true)
+            endpoint.sharing = sharingChoice(vm, launch: launch)
+            result.append(endpoint)
         }
         return result
+    }
+
+    /// What decides sharing for a VM this agent starts.
+    func sharingChoice(_ vm: VMConfiguration, launch: VMConfiguration.Launch) -> SharingChoice {
+        if launch.ramBacking == .memfd { return SharingChoice(on: false, decidedBy: "memfd RAM, which KSM cannot merge") }
+        if let sharing = vm.sharing { return SharingChoice(on: sharing, decidedBy: "host.toml sharing = \(sharing)") }
+        return SharingChoice(on: configuration.sharing.defaultOn, decidedBy: "[sharing] default = \(configuration.sharing.defaultOn)")
     }
 
     private func runningProcessID(directory: String) -> Int32? {
@@ -181,14 +205,16 @@ public final class QEMUInventory: VMInventory {
 
     /// The QEMU command line for a managed VM: memfd or anonymous RAM as Ballonet's reclaim wants it, the
     /// `org.ballonet.0` port on a socket, QMP on a socket, the serial console to a file, daemonized.
-    public static func arguments(for vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String) -> [String] {
+    public static func arguments(for vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String, sharingDefault: Bool = false) -> [String] {
+        // mem-merge marks guest RAM for KSM (QEMU's default is on); Ballonet's default is off (docs/SHARING.md).
+        let merge = launch.ramBacking == .anonymous && (vm.sharing ?? sharingDefault)
         let backend = switch launch.ramBacking {
         case .memfd: "memory-backend-memfd,id=ram0,size=\(launch.memoryMiB)M,share=on"
-        case .anonymous: "memory-backend-ram,id=ram0,size=\(launch.memoryMiB)M"
+        case .anonymous: "memory-backend-ram,id=ram0,size=\(launch.memoryMiB)M,merge=\(merge ? "on" : "off")"
         }
         var arguments = [
             "-name", vm.name,
-            "-machine", "pc,memory-backend=ram0",
+            "-machine", "pc,memory-backend=ram0,mem-merge=\(merge ? "on" : "off")",
             "-object", backend,
             "-m", "\(launch.memoryMiB)M",
             "-smp", "\(launch.cpus)",
@@ -222,11 +248,13 @@ public final class QEMUInventory: VMInventory {
     private func start(_ vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String, logger: Logger) throws {
         try FileSystem.makeDirectory(directory, permissions: 0o700, orExisting: true)
         for socket in ["qmp.sock", "ballonet.sock", "qemu.pid"] { try? FileSystem.removeFile(directory + "/" + socket) }
-        let arguments = Self.arguments(for: vm, launch: launch, directory: directory)
+        let arguments = Self.arguments(for: vm, launch: launch, directory: directory, sharingDefault: configuration.sharing.defaultOn)
         let executable = launch.qemu.contains("/") ? launch.qemu : "/usr/bin/" + launch.qemu
         // The daemonizing QEMU's own output (errors before it detaches) goes to a file beside its sockets.
         let startLog = directory + "/qemu-start.log"
-        logger.info("starting QEMU for \(vm.name): \(launch.memoryMiB) MiB \(launch.ramBacking.rawValue) RAM, \(launch.cpus) vCPU",
+        let sharing = launch.ramBacking == .memfd ? "no sharing (memfd RAM)"
+            : (vm.sharing ?? configuration.sharing.defaultOn) ? "sharing on (mem-merge)" : "sharing off"
+        logger.info("starting QEMU for \(vm.name): \(launch.memoryMiB) MiB \(launch.ramBacking.rawValue) RAM, \(sharing), \(launch.cpus) vCPU",
                     metadata: ["vm": "\(vm.name)", "command": "\(executable) \(arguments.joined(separator: " "))"])
         // QEMU starts inside a memory cgroup of its own, so hypervisor swapping can limit it: its pages are
         // charged where they are first touched, and a process moved later leaves its memory behind.

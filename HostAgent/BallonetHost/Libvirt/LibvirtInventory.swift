@@ -286,9 +286,14 @@ public final class LibvirtInventory: VMInventory {
     private func endpoint(for description: LibvirtDomainDescription) -> VMEndpoint {
         let access = LibvirtDomainAccess(name: description.name, uuid: description.uuid, link: link)
         let port = description.ballonetChannelPath
-        return VMEndpoint(name: description.name, monitor: .libvirt(access), portSocket: port, managed: false,
-                          virtioBalloon: port == nil ? access : nil, memoryTunables: access, metadata: description.metadata,
-                          source: "libvirt \(uri)")
+        var endpoint = VMEndpoint(name: description.name, monitor: .libvirt(access), portSocket: port, managed: false,
+                                  virtioBalloon: port == nil ? access : nil, memoryTunables: access, metadata: description.metadata,
+                                  source: "libvirt \(uri)")
+        // The domain decides: libvirt starts QEMU with mem-merge off exactly when <nosharepages/> is there.
+        endpoint.sharing = description.backing == .memfd ? SharingChoice(on: false, decidedBy: "memfd RAM, which KSM cannot merge")
+            : description.noSharePages ? SharingChoice(on: false, decidedBy: "the domain's <nosharepages/>")
+            : SharingChoice(on: true, decidedBy: "the domain has no <nosharepages/> (QEMU merges by default)")
+        return endpoint
     }
 
     public func shutdown(logger: Logger) {

@@ -134,8 +134,10 @@ public final class GuestRAMReclaimer {
         return total
     }
 
-    /// Reclaims the memory behind `extents` (already checked against the map by the session).
-    public func reclaim(_ extents: [BlockExtent]) throws(ReclaimError) -> ReclaimOutcome {
+    /// Reclaims the memory behind `extents` (already checked against the map by the session). Without
+    /// `pageOut`, anonymous extents are left to KSM: their zero-filled pages go to the kernel's zero page
+    /// when ksmd passes (the VM's RAM is mergeable and the host has no swap to page them out to).
+    public func reclaim(_ extents: [BlockExtent], pageOut pagingOut: Bool = true) throws(ReclaimError) -> ReclaimOutcome {
         var requested: UInt64 = 0
         var freed: UInt64 = 0
         var pageout: [AddressRange] = []
@@ -158,7 +160,7 @@ public final class GuestRAMReclaimer {
                     throw ReclaimError("punching \(extent.length) bytes of block \(extent.block) at \(extent.offset): \(error)")
                 }
             case .pageout:
-                pageout.append(AddressRange(start: backing.hostAddress + extent.offset, length: extent.length))
+                if pagingOut { pageout.append(AddressRange(start: backing.hostAddress + extent.offset, length: extent.length)) }
             }
         }
         for (block, before) in punchedBefore {
@@ -179,6 +181,9 @@ public final class GuestRAMReclaimer {
                 figures.residentBytes += mapping.rss
                 figures.swappedBytes += mapping.swap
                 figures.referencedBytes += mapping.referenced
+                figures.proportionalBytes += mapping.pss
+                figures.ksmBytes += mapping.ksm
+                if mapping.vmFlags.contains("mg") { figures.mergeable = true }
             }
             return true
         }
@@ -214,7 +219,17 @@ public struct GuestRAMFigures: Equatable, Sendable {
     public var swappedBytes: UInt64 = 0
     /// Touched since the accessed bits were last cleared (`ProcFiles.clearReferencedBits`).
     public var referencedBytes: UInt64 = 0
+    /// Pss: resident pages, each divided by the number of mappings that share it. A KSM page merged from
+    /// n guests' pages counts 1/n here, so resident − proportional is what sharing saves this VM.
+    public var proportionalBytes: UInt64 = 0
+    /// Resident bytes in KSM pages (smaps' KSM line).
+    public var ksmBytes: UInt64 = 0
+    /// Guest RAM is marked for KSM (VmFlags "mg": QEMU's mem-merge on anonymous RAM).
+    public var mergeable = false
     public init() {}
+
+    /// What sharing saves this VM besides the zero page: its resident pages less its proportional share.
+    public var sharingSavedBytes: UInt64 { residentBytes > proportionalBytes ? residentBytes - proportionalBytes : 0 }
 }
 
 /// Guest RAM's figures between two smaps reads, from QEMU's /proc/<pid>/status counters.
@@ -241,6 +256,11 @@ public struct GuestRAMCounterCalibration: Equatable, Sendable {
         var figures = last
         let resident = Int64(clamping: Self.counter(status)) - residentOffset
         figures.residentBytes = resident > 0 ? UInt64(resident) : 0
+        // Pages that came or went since the smaps read are taken as unshared: the proportional figure moves
+        // with the resident one, so the saving stays as last measured.
+        let moved = Int64(clamping: figures.residentBytes) - Int64(clamping: last.residentBytes)
+        let proportional = Int64(clamping: last.proportionalBytes) + moved
+        figures.proportionalBytes = proportional > 0 ? min(UInt64(proportional), figures.residentBytes) : 0
         return figures
     }
 
