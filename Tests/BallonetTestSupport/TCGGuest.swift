@@ -114,7 +114,8 @@ public final class TCGGuest: @unchecked Sendable {
         var arguments = [
             "-name", name,
             "-accel", "tcg",
-            "-machine", "pc,memory-backend=ram0",
+            // QEMU 7.2 marks anonymous RAM mergeable by the machine's mem-merge, whatever the backend says.
+            "-machine", "pc,memory-backend=ram0,mem-merge=\(ramBacking == .anonymous && sharing ? "on" : "off")",
             "-object", backend,
             "-m", "\(memoryMiB)M",
             "-smp", "\(cpus)",

@@ -351,7 +351,8 @@ public final class HostEngine: @unchecked Sendable {
                     ? "balloon pages now go to the zero page through KSM: host swap (\((swapFreeBytes ?? 0) >> 20) MiB free) cannot take the balloon"
                     : "balloon pages are paged out again: host swap has room")
             }
-            pending = MemoryPolicy.saturatingAdd(pending, vm.pendingZeroMergeBytes)
+            let tolerance = configuration.policy.swap.tolerance(forTarget: vm.account.targetBytes)
+            pending = MemoryPolicy.saturatingAdd(pending, vm.pendingZeroMergeBytes(tolerance: tolerance))
         }
         let elapsed = lastSharingRoundMillis.map { nowMillis > $0 ? nowMillis - $0 : 0 } ?? Self.sampleMillis
         lastSharingRoundMillis = nowMillis

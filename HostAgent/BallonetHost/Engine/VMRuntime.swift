@@ -525,11 +525,13 @@ final class VMRuntime {
                                                  leftToKSM: leaveBalloonToKSM, virtioBalloon: drivesVirtioBalloon)
     }
 
-    /// Balloon pages this VM's guest holds that KSM has not yet put on the zero page (while they are left to it).
-    var pendingZeroMergeBytes: UInt64 {
-        guard leaveBalloonToKSM, account.mergeable == true else { return 0 }
-        let zero = account.ksmZeroPageBytes ?? 0
-        return account.balloonBytes > zero ? account.balloonBytes - zero : 0
+    /// Memory the host still waits for KSM to free behind this VM's balloon (while its balloon pages are left
+    /// to KSM): what it holds above its target, at most its balloon. KSM's own zero-page count cannot say it:
+    /// a host THP that KSM splits maps its zero-filled pages to the zero page uncounted.
+    /// Within `tolerance` of the target counts as there (the swap policy's tolerance, as for swapping).
+    func pendingZeroMergeBytes(tolerance: UInt64) -> UInt64 {
+        guard leaveBalloonToKSM, account.mergeable == true, account.residentBytes > account.targetBytes + tolerance else { return 0 }
+        return min(account.residentBytes - account.targetBytes, account.balloonBytes)
     }
 
     /// Sends goodbye and closes (the agent is stopping).

@@ -48,6 +48,9 @@ final class SharingController {
     private(set) var figures: KSMFigures?
     /// Warned once that KSM's settings cannot be written.
     private var warnedWrite = false
+    /// The agent has set KSM at least once. Until a VM it manages is mergeable it leaves KSM as it found it
+    /// (another user's ksmd, or ksmtuned's, runs on undisturbed).
+    private var tookOver = false
 
     /// The files the agent may change, in the order they are put back: the advisor first (writing
     /// advisor_mode resets pages_to_scan, and pages_to_scan cannot be written while an advisor runs).
@@ -103,11 +106,14 @@ final class SharingController {
             savedBytes: current.savedBytes, sharedPages: current.pagesShared, sharingPages: current.pagesSharing,
             zeroPages: current.zeroPages, generalProfitBytes: current.generalProfit, fullScans: current.fullScans,
             mergeableBytes: mergeableBytes,
-            reason: settings.steerKSM ? (decision?.reason ?? "") : "not steered ([sharing] steer_ksm = false): reporting only")
+            reason: !settings.steerKSM ? "not steered ([sharing] steer_ksm = false): reporting only"
+                : tookOver ? (decision?.reason ?? "") : "left as it is until a VM's RAM is mergeable")
     }
 
     /// Writes the decision's settings where they differ from the kernel's, and logs a change of course.
     private func apply(_ decision: SharingPolicy.Decision, figures: KSMFigures) {
+        guard tookOver || decision.running else { return }
+        tookOver = true
         var writes: [(String, String)] = []
         if figures.useZeroPages == false && decision.running { writes.append(("use_zero_pages", "1")) }
         switch decision.rate {
@@ -149,7 +155,7 @@ final class SharingController {
 
     /// Puts back every KSM setting the agent changed (merged pages stay merged).
     func restore() {
-        guard settings.steerKSM, lastDecision != nil else { return }
+        guard settings.steerKSM, tookOver else { return }
         var failed: [String] = []
         for (name, value) in original where KSMControl.savedValue(name) != value {
             // pages_to_scan cannot be written while the advisor that was put back runs; the advisor sets it.
