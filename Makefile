@@ -12,7 +12,7 @@ FUZZ_CORPUS := Fuzz/corpus/decoder
 CHECK_FUZZ_SECONDS ?= 30
 FUZZ_SECONDS ?= 600
 
-.PHONY: deb check-packaging check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-policy bench-sampling sampling-trace simulate demo clean
+.PHONY: deb check-packaging check deps build test fuzz fuzz-build fuzz-smoke fuzz-seeds bench-wire bench-guest bench-inflate bench-sharing bench-policy bench-sampling sampling-trace simulate demo clean
 
 ## check: install what is missing, build everything, fuzz the decoder briefly, run all tests.
 ## The test runner's summary is the last thing it prints.
@@ -79,6 +79,15 @@ bench-inflate: deps
 	$(SWIFT) build --product ballonet-bench-inflate
 	@mkdir -p docs/benchmarks
 	$$($(SWIFT) build --show-bin-path)/ballonet-bench-inflate | tee docs/benchmarks/inflate.md
+
+## bench-sharing: Ballonet's KSM controller, MoM's fixed rules and the kernel's advisor on the same three TCG
+## guests (MiB saved after 1, 2, 5 minutes; ksmd CPU per GiB saved), and balloon reclaim by pageout against KSM's
+## zero page; about 20 minutes; report in docs/benchmarks/sharing.md. Needs root.
+bench-sharing: deps
+	$(SWIFT) build --product ballonet-host
+	$(SWIFT) build --product ballonet-bench-sharing
+	@mkdir -p docs/benchmarks
+	$$($(SWIFT) build --show-bin-path)/ballonet-bench-sharing | tee docs/benchmarks/sharing.md
 
 ## bench-sampling: the cost of one host sampling round per GiB of guest RAM and the swap-out rate of the pageout
 ## and cgroup swappers, on a 1 GiB TCG guest; report in docs/benchmarks/sampling.md. Needs root.

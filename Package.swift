@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "ballonet-bench-wire", targets: ["ballonet-bench-wire"]),
         .executable(name: "ballonet-bench-guest", targets: ["ballonet-bench-guest"]),
         .executable(name: "ballonet-bench-inflate", targets: ["ballonet-bench-inflate"]),
+        .executable(name: "ballonet-bench-sharing", targets: ["ballonet-bench-sharing"]),
         .executable(name: "ballonet-bench-policy", targets: ["ballonet-bench-policy"]),
         .executable(name: "ballonet-bench-sampling", targets: ["ballonet-bench-sampling"]),
         .library(name: "BallonetWire", targets: ["BallonetWire"]),
@@ -82,6 +83,9 @@ let package = Package(
         // `make bench-inflate`: Ballonet (guest and host agents) against virtio-balloon, in one TCG guest.
         .executableTarget(name: "ballonet-bench-inflate", dependencies: ["BallonetHost", "BallonetWire", "BallonetTestSupport"],
                           path: "Benchmarks/InflateBench"),
+        // `make bench-sharing`: Ballonet's KSM controller against MoM's rules and the kernel's advisor, in TCG guests.
+        .executableTarget(name: "ballonet-bench-sharing", dependencies: ["BallonetHost", "BallonetLinux", "BallonetTestSupport"],
+                          path: "Benchmarks/SharingBench"),
 
         // `make bench-policy`: one policy round for 10 to 10,000 VMs.
         .executableTarget(name: "ballonet-bench-policy", dependencies: ["BallonetPolicy", "BallonetTestSupport"], path: "Benchmarks/PolicyBench"),

@@ -119,6 +119,47 @@ import BallonetConfig
         #expect(Self.error("[libvirt]\nsocket = \"/x\"\n") != nil, "unknown key in [libvirt]")
     }
 
+    @Test func sharingSettingsAndThePerVMChoice() throws {
+        let defaults = try Self.parse("")
+        #expect(defaults.sharing.steerKSM && !defaults.sharing.defaultOn && defaults.sharing.policy.maxCPUPercent == 20)
+        let configuration = try Self.parse("""
+            [sharing]
+            steer_ksm = false
+            default = true
+            max_cpu_percent = 35
+            recheck_minutes = 10
+            [[vm]]
+            name = "a"
+            kernel = "/k"
+            ram_backing = "anonymous"
+            sharing = false
+            [[vm]]
+            name = "b"
+            kernel = "/k"
+            ram_backing = "anonymous"
+            """)
+        #expect(!configuration.sharing.steerKSM && configuration.sharing.defaultOn)
+        #expect(configuration.sharing.policy.maxCPUPercent == 35 && configuration.sharing.policy.recheckMillis == 600_000)
+        #expect(configuration.vms[0].sharing == false && configuration.vms[1].sharing == nil)
+        // QEMU gets mem-merge from the VM's choice, else the host's default; memfd RAM never merges.
+        let inventory = QEMUInventory(configuration: configuration)
+        let a = QEMUInventory.arguments(for: configuration.vms[0], launch: configuration.vms[0].launch!, directory: "/d", sharingDefault: true)
+        let b = QEMUInventory.arguments(for: configuration.vms[1], launch: configuration.vms[1].launch!, directory: "/d", sharingDefault: true)
+        #expect(a.contains("pc,memory-backend=ram0,mem-merge=off") && a.contains { $0.hasSuffix(",merge=off") })
+        #expect(b.contains("pc,memory-backend=ram0,mem-merge=on") && b.contains { $0.hasSuffix(",merge=on") })
+        #expect(inventory.sharingChoice(configuration.vms[1], launch: configuration.vms[1].launch!) == SharingChoice(on: true, decidedBy: "[sharing] default = true"))
+        var memfd = configuration.vms[1].launch!
+        memfd.ramBacking = .memfd
+        #expect(QEMUInventory.arguments(for: configuration.vms[1], launch: memfd, directory: "/d", sharingDefault: true).contains("pc,memory-backend=ram0,mem-merge=off"))
+
+        let onMemfd = try #require(Self.error("[[vm]]\nname = \"m\"\nkernel = \"/k\"\nsharing = true\n"))
+        #expect(onMemfd.message.contains("KSM merges only anonymous RAM"), "\(onMemfd)")
+        let attached = try #require(Self.error("[[vm]]\nname = \"x\"\nqmp_socket = \"/q\"\nport_socket = \"/p\"\nsharing = true\n"))
+        #expect(attached.message.contains("attaches"), "\(attached)")
+        #expect(Self.error("[sharing]\nmax_cpu_percent = 0\n") != nil && Self.error("[sharing]\nmax_cpu_percent = 101\n") != nil)
+        #expect(Self.error("[sharing]\nrate = 5\n") != nil, "unknown key in [sharing]")
+    }
+
     @Test func windowsLineEnds() throws {
         let crlf = Self.fullFile.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n")
         #expect(try Self.parse(crlf) == Self.parse(Self.fullFile))

@@ -1,4 +1,5 @@
 import BallonetLinux
+import Foundation
 import Testing
 
 extension LinuxLayerTests {
@@ -165,6 +166,45 @@ extension LinuxLayerTests {
 
         @Test func fileWithNeitherLineIsAnError() throws {
             #expect(expectParseError { _ = try PressureStall(parsing: "other avg10=1.00\n") }?.line == 0)
+        }
+    }
+
+    @Suite struct KSMSysfs {
+        @Test func choiceFilesNameTheBracketedWord() {
+            #expect(KSMControl.selectedChoice(Array("[none] scan-time\n".utf8)) == "none")
+            #expect(KSMControl.selectedChoice(Array("none [scan-time]\n".utf8)) == "scan-time")
+            #expect(KSMControl.selectedChoice(Array("20\n".utf8)) == nil)
+        }
+
+        @Test func aCopyOfTheKernelsDirectoryReads() throws {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ksm-\(getpid())-\(UInt32.random(in: 0 ... .max))").path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            let files = ["run": "1", "pages_to_scan": "2000", "sleep_millisecs": "10", "use_zero_pages": "1", "full_scans": "7",
+                         "pages_scanned": "123456", "pages_shared": "100", "pages_sharing": "900", "pages_unshared": "50",
+                         "pages_volatile": "3", "ksm_zero_pages": "24", "general_profit": "-4096", "advisor_mode": "none [scan-time]",
+                         "advisor_max_cpu": "20", "advisor_target_scan_time": "30"]
+            for (name, value) in files { try (value + "\n").write(toFile: directory + "/" + name, atomically: true, encoding: .utf8) }
+            let figures = try KSMControl.read(directory: directory)
+            #expect(figures.run == 1 && figures.pagesToScan == 2000 && figures.sleepMillis == 10 && figures.useZeroPages)
+            #expect(figures.pagesSharing == 900 && figures.zeroPages == 24 && figures.generalProfit == -4096)
+            #expect(figures.savedBytes == (900 + 24) * 4096)
+            #expect(figures.advisorMode == "scan-time" && figures.advisorMaxCPUPercent == 20 && figures.advisorTargetScanSeconds == 30)
+            #expect(KSMControl.savedValue("advisor_mode", directory: directory) == "scan-time")
+            #expect(KSMControl.savedValue("pages_to_scan", directory: directory) == "2000")
+            // An older kernel: no advisor, no zero-page count.
+            for name in ["advisor_mode", "ksm_zero_pages", "general_profit"] { try FileManager.default.removeItem(atPath: directory + "/" + name) }
+            let older = try KSMControl.read(directory: directory)
+            #expect(older.advisorMode == nil && older.zeroPages == nil && older.savedBytes == 900 * 4096)
+        }
+
+        @Test(.enabled(if: KSMControl.isAvailable, "this kernel has no KSM"))
+        func thisKernelsKSMAndKsmdRead() throws {
+            let figures = try KSMControl.read()
+            #expect(figures.run <= 2)
+            let ksmd = try #require(KSMDaemon.processID(), "ksmd runs wherever /sys/kernel/mm/ksm exists")
+            let first = try KSMDaemon.cpuNanoseconds(of: ksmd)
+            #expect(try KSMDaemon.cpuNanoseconds(of: ksmd) >= first)
         }
     }
 
