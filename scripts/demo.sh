@@ -3,8 +3,11 @@
 # guests under a ballonet-host whose memory budget is smaller than their sum, and shows every second what
 # the host decides and gets back: one guest idle, one busy (re-touching 200 MiB), one growing (from
 # nothing to 380 MiB at 4 MiB/s after 30 s), and a fourth VM too big for what is left, which admission
-# control refuses. At the end: a summary. Everything it started is stopped, including the swap file it
-# adds when the host has too little swap for admission control (1.3 GiB in /var/tmp).
+# control refuses. idle and busy have anonymous RAM with page sharing on (they trust each other: same
+# image, same owner), so KSM merges what they have in common and the host counts it; growing has memfd
+# RAM (hole-punch reclaim, no sharing). At the end: a summary. Everything it started is stopped,
+# including the swap file it adds when the host has too little swap for admission control (1.3 GiB in
+# /var/tmp), and KSM's settings are put back.
 #
 #   DEMO_SECONDS=150   how long the scenario runs once the guests are up
 #   DEMO_BUDGET_MIB=960   the host's budget for the three 512 MiB guests: below what they end up using,
@@ -57,9 +60,10 @@ if [ "${swap_kib:-0}" -lt $((1300 * 1024)) ]; then
     fallocate -l 1300M "$swapfile" && chmod 600 "$swapfile" && mkswap -q "$swapfile" >/dev/null && swapon "$swapfile"
 fi
 
-vm() {  # name, workload (shell command run in the guest at boot), memory MiB, min MiB
-    local run=""
+vm() {  # name, workload (shell command run in the guest at boot), memory MiB, min MiB, sharing (true/false)
+    local run="" sharing=""
     [ -n "$2" ] && run=" ballonet.run=\\\"$2\\\""
+    [ "${5:-false}" = true ] && sharing=$'\nram_backing = "anonymous"\nsharing = true'
     cat <<TOML
 
 [[vm]]
@@ -69,7 +73,7 @@ min_mib = ${4:-96}
 accelerator = "tcg"   # KVM cannot boot guests on this kind of machine
 kernel = "$image/vmlinuz"
 initrd = "$image/initramfs.cpio.gz"
-append = "console=ttyS0 panic=-1 ballonet.hostname=$1 ballonet.agent=1 ballonet.agent_args=\\"--sample-seconds 2\\"$run"
+append = "console=ttyS0 panic=-1 ballonet.hostname=$1 ballonet.agent=1 ballonet.agent_args=\\"--sample-seconds 2\\"$run"$sharing
 TOML
 }
 {
@@ -83,8 +87,8 @@ stop_vms_on_exit = true
 [libvirt]
 uri = ""
 TOML
-    vm idle ""
-    vm busy "ballonet-workload churn 200 100000"
+    vm idle "" 512 96 true
+    vm busy "ballonet-workload churn 200 100000" 512 96 true
     vm growing "sleep 30; ballonet-workload hold 380 4"
     vm toobig "" 2048 1024
 } > "$work/host.toml"
@@ -108,7 +112,7 @@ while true; do
     echo "ballonet demo: ${elapsed}s of ${seconds}s (idle: boots and rests; busy: re-touches 200 MiB; growing: from 30 s grows to 380 MiB)"
     echo "$table"
     echo "latest decisions:"
-    grep -E 'target [0-9]+ MiB:|under memory pressure|refused|host memory state' "$work/host.log" | tail -n 5 | sed -E 's/^[^ ]+ [a-z]+ ballonet-host: //; s/\[BallonetHost\] //' || true
+    grep -E 'target [0-9]+ MiB:|under memory pressure|refused|host memory state|ksmd (stopped|scanning)' "$work/host.log" | tail -n 5 | sed -E 's/^[^ ]+ [a-z]+ ballonet-host: //; s/\[BallonetHost\] //' || true
     [ -t 1 ] || echo
     sleep 1
 done
@@ -120,5 +124,6 @@ echo
 for vm in idle busy growing; do "$bin/ballonetctl" explain "$vm" --socket "$work/state/control.sock" | head -n 1; done
 echo "decisions logged: $(grep -c 'target [0-9]* MiB:' "$work/host.log" || true) target changes, $(grep -c 'host memory state' "$work/host.log" || true) state changes, $(grep -c 'balloon target' "$work/host.log" || true) balloon requests,"\
      "$(grep -c 'under memory pressure' "$work/host.log" || true) guest pressure releases, $(grep -c 'refused guest message' "$work/host.log" || true) refused guest messages,"\
-     "$(grep -c 'hypervisor swapping starts' "$work/host.log" || true) hypervisor swap episodes, $(grep -c '\] paused:' "$work/host.log" || true) pauses"
-grep -E 'hypervisor swapping (starts|ends)|\] (paused|resumed):' "$work/host.log" | sed 's/^[^ ]* [a-z]* ballonet-host: //' || true
+     "$(grep -c 'hypervisor swapping starts' "$work/host.log" || true) hypervisor swap episodes, $(grep -c '\] paused:' "$work/host.log" || true) pauses,"\
+     "$(grep -c 'ksmd \(stopped\|scanning\)' "$work/host.log" || true) changes of course for ksmd"
+grep -E 'hypervisor swapping (starts|ends)|\] (paused|resumed):|ksmd (stopped|scanning)' "$work/host.log" | sed 's/^[^ ]* [a-z]* ballonet-host: //' || true

@@ -8,14 +8,14 @@ import Testing
 /// A domain as an operator sets it up for Ballonet (docs/LIBVIRT.md): memfd RAM, the channel, metadata.
 private func domainXML(name: String, memoryMiB: Int = 512, channel: Bool = true, balloon: Bool = true,
                        metadata: String? = "<ballonet:min_mib>192</ballonet:min_mib><ballonet:max_mib>448</ballonet:max_mib><ballonet:shares>3000</ballonet:shares>",
-                       type: String = "test") -> String {
+                       type: String = "test", memoryBacking: String = "<source type='memfd'/><access mode='shared'/>") -> String {
     """
     <domain type='\(type)'>
       <name>\(name)</name>
       \(metadata.map { "<metadata><ballonet:vm xmlns:ballonet='\(BallonetDomainMetadata.namespace)'>\($0)</ballonet:vm></metadata>" } ?? "")
       <memory unit='MiB'>\(memoryMiB)</memory>
       <currentMemory unit='MiB'>\(memoryMiB)</currentMemory>
-      <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>
+      <memoryBacking>\(memoryBacking)</memoryBacking>
       <vcpu>1</vcpu>
       <os><type arch='x86_64'>hvm</type></os>
       <devices>
@@ -141,6 +141,18 @@ struct LibvirtTestDriverTests {
         // The driver's own domain has only a virtio balloon: it is managed through it.
         let builtIn = try #require(endpoints.first { $0.name == "test" })
         #expect(builtIn.portSocket == nil && builtIn.virtioBalloon != nil)
+        // Sharing: the domain's XML decides, and the endpoint says what decided.
+        #expect(endpoint.sharing == SharingChoice(on: false, decidedBy: "memfd RAM, which KSM cannot merge"))
+        #expect(builtIn.sharing == SharingChoice(on: true, decidedBy: "the domain has no <nosharepages/> (QEMU merges by default)"))
+        let privateName = "lv-noshare-\(UInt32.random(in: 0 ... .max))"
+        let privateDomain = try connection.define(xml: domainXML(name: privateName, memoryBacking: "<nosharepages/>"))
+        try privateDomain.start()
+        defer {
+            try? privateDomain.destroy()
+            try? privateDomain.undefine()
+        }
+        let noShare = try #require(try LibvirtInventory(uri: "test:///default").endpoints(logger: logger).first { $0.name == privateName })
+        #expect(noShare.sharing == SharingChoice(on: false, decidedBy: "the domain's <nosharepages/>"))
 
         // virsh metadata → the new settings, through the METADATA_CHANGE event.
         try domain.setMetadata(BallonetDomainMetadata(minMiB: 256, shares: 9000).element, key: BallonetDomainMetadata.key,
