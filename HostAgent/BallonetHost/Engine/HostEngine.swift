@@ -275,7 +275,9 @@ public final class HostEngine: @unchecked Sendable {
         return (memoryForVMs, Int64(min(meminfo.memAvailable, UInt64(Int64.max))), meminfo.memTotal)
     }
 
-    /// One policy round: every attached VM's target, and the host's free-memory state.
+    /// One policy round: every attached VM's target, and the host's free-memory state. Rounds also run
+    /// outside the loop's clock (a VM gone, a `set`) with a later time than the loop's, so times here are
+    /// compared, never subtracted blindly.
     private func policyRound(nowMillis: UInt64) {
         let participants = vms.filter { $0.account.memoryBytes > 0 }
         // One read of /proc/meminfo serves the round: free memory for the state, host swap for swapping.
@@ -305,7 +307,7 @@ public final class HostEngine: @unchecked Sendable {
         let decision = MemoryPolicy.decide(
             vms: inputs,
             host: MemoryPolicy.Host(memoryForVMsBytes: host.memoryForVMs, freeBytes: host.free, totalBytes: host.total,
-                                    previousState: previousState, elapsedMillis: lastRoundMillis.map { nowMillis - $0 } ?? Self.sampleMillis,
+                                    previousState: previousState, elapsedMillis: lastRoundMillis.map { nowMillis > $0 ? nowMillis - $0 : 0 } ?? Self.sampleMillis,
                                     sharingSavedBytes: participants.reduce(0) { MemoryPolicy.saturatingAdd($0, $1.account.sharingSavedBytes ?? 0) }),
             parameters: configuration.policy)
         lastRoundMillis = nowMillis

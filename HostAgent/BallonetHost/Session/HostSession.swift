@@ -274,7 +274,7 @@ public struct HostSession: Sendable {
         guard negotiated != nil else { return [] }
         if let sent = pingSentMillis {
             if nowMillis >= sent + Self.pingAfterMillis {
-                return [.reset("no answer from the guest for \((nowMillis - lastHeardMillis) / 1000) s")]
+                return [.reset("no answer from the guest for \((nowMillis > lastHeardMillis ? nowMillis - lastHeardMillis : 0) / 1000) s")]
             }
             return []
         }
