@@ -41,9 +41,9 @@ func resetKSM() {
 let agent = try GuestImage.buildStaticAgent()
 let image = try GuestImage.ensureBuilt(agent: agent)
 let work = try TCGGuest.makeWorkDirectory(prefix: "bench-sharing")
-var guests: [TCGGuest] = []
+var booted: [TCGGuest] = []
 defer {
-    for guest in guests { guest.stop() }
+    for guest in booted { guest.stop() }
     // KSM as it was before the benchmark (merged pages unmerged first).
     try? KSMControl.write("advisor_mode", "none")
     try? KSMControl.write("run", "2")
@@ -54,10 +54,11 @@ defer {
     if let mode = original.advisorMode { try? KSMControl.write("advisor_mode", mode) }
 }
 for index in 1...3 {
-    guests.append(try TCGGuest.boot(name: "share\(index)", memoryMiB: guestMiB, kernel: image.kernel, initramfs: image.initramfs,
+    booted.append(try TCGGuest.boot(name: "share\(index)", memoryMiB: guestMiB, kernel: image.kernel, initramfs: image.initramfs,
                                     appendArguments: index == 3 ? "ballonet.agent=1" : "", ramBacking: .anonymous, sharing: true,
                                     workDirectory: work.appendingPathComponent("share\(index)")))
 }
+let guests = booted
 for guest in guests {
     _ = try guest.waitUntilReady(timeout: 300)
     // The same application data in each guest.
@@ -66,14 +67,22 @@ for guest in guests {
 }
 let mergeable = guests.reduce(UInt64(0)) { $0 + ((try? $1.residentGuestRAMBytes) ?? 0) }
 
-let attachments = guests.map { guest in
-    "[[vm]]\nname = \"\(guest.name)\"\nqmp_socket = \"\(guest.qmpSocketPath)\"\nport_socket = \"\(guest.portSocketPath)\"\nswap = \"off\"\nmin_mib = 64\n"
-}.joined()
+guard mergeable > 0 else { Benchmark.fail("cannot read the guests' resident RAM") }
+
+/// The guests' [[vm]] tables. With `emptyBalloons` the agent in share3 keeps an empty balloon (a fixed target
+/// of all its RAM), so that in the controller runs the savings are KSM's alone, as in the runs without
+/// ballonet-host.
+func vmTables(emptyBalloons: Bool) -> String {
+    guests.map { guest in
+        "[[vm]]\nname = \"\(guest.name)\"\nqmp_socket = \"\(guest.qmpSocketPath)\"\nport_socket = \"\(guest.portSocketPath)\"\nswap = \"off\"\nmin_mib = 64\n"
+            + (emptyBalloons ? "target_mib = \(guestMiB)\n" : "")
+    }.joined()
+}
 
 /// A ballonet-host attached to the guests with `config` (before the VMs), logging to `log`.
-func startHost(_ config: String, log: String) throws -> Process {
+func startHost(_ config: String, emptyBalloons: Bool, log: String) throws -> Process {
     let path = work.appendingPathComponent("host.toml").path
-    try (config + attachments).write(toFile: path, atomically: true, encoding: .utf8)
+    try (config + vmTables(emptyBalloons: emptyBalloons)).write(toFile: path, atomically: true, encoding: .utf8)
     let host = Process()
     host.executableURL = try BuiltCommand.path("ballonet-host")
     host.arguments = ["run", "--config", path, "--state-directory", work.appendingPathComponent("state").path,
@@ -124,7 +133,7 @@ let shortConfig = "[host]\nbudget_mib = \(heldMiB * 4 / 3)\n[policy]\nhigh_perce
 
 var runs: [Run] = []
 do {
-    let host = try startHost(shortConfig, log: work.appendingPathComponent("host-ballonet.log").path)
+    let host = try startHost(shortConfig, emptyBalloons: true, log: work.appendingPathComponent("host-ballonet.log").path)
     runs.append(measure("Ballonet (ballonet-host, memory short)") { _ in })
     host.terminate()
     host.waitUntilExit()
@@ -157,7 +166,7 @@ func reclaim(_ name: String, guest: TCGGuest, swap: Bool) throws -> ReclaimRun {
     defer { swapFile?.remove() }
     try guest.touchAndFree(megabytes: 300)
     resetKSM()
-    let host = try startHost("[steering]\ninflate_step_mib = 1024\n", log: work.appendingPathComponent("host-reclaim-\(swap ? "pageout" : "zero").log").path)
+    let host = try startHost("[steering]\ninflate_step_mib = 1024\n", emptyBalloons: false, log: work.appendingPathComponent("host-reclaim-\(swap ? "pageout" : "zero").log").path)
     defer { host.terminate(); host.waitUntilExit() }
     var waited = ContinuousClock.now
     while status()?.vms.first(where: { $0.name == guest.name })?.state != "established" {

@@ -2,18 +2,22 @@ import BallonetLinux
 import Foundation
 
 extension TCGGuest {
-    /// Guest RAM resident in this QEMU, measured from /proc/<pid>/smaps: the Rss of the memfd mapping that
-    /// holds guest RAM (the largest shared mapping of a memfd). For memfd-backed guests.
+    /// Guest RAM resident in this QEMU, measured from /proc/<pid>/smaps: the Rss of the mapping that holds
+    /// guest RAM: the largest shared mapping of a memfd, or for anonymous RAM the private anonymous mapping
+    /// of exactly the guest's RAM size.
     public var residentGuestRAMBytes: UInt64 {
         get throws {
             var best: (size: UInt64, rss: UInt64) = (0, 0)
+            var anonymous: UInt64?
             try ProcFiles.forEachSmapsMapping(of: .id(pid)) { mapping in
                 if mapping.pathname?.hasPrefix("/memfd:") == true, mapping.permissions.shared, mapping.size > best.size {
                     best = (mapping.size, mapping.rss)
+                } else if mapping.pathname == nil, !mapping.permissions.shared, mapping.size == UInt64(memoryMiB) << 20 {
+                    anonymous = mapping.rss
                 }
                 return true
             }
-            return best.rss
+            return best.size > 0 ? best.rss : anonymous ?? 0
         }
     }
 
