@@ -143,14 +143,19 @@ import BallonetConfig
         #expect(configuration.vms[0].sharing == false && configuration.vms[1].sharing == nil)
         // QEMU gets mem-merge from the VM's choice, else the host's default; memfd RAM never merges.
         let inventory = QEMUInventory(configuration: configuration)
-        let a = QEMUInventory.arguments(for: configuration.vms[0], launch: configuration.vms[0].launch!, directory: "/d", sharingDefault: true)
-        let b = QEMUInventory.arguments(for: configuration.vms[1], launch: configuration.vms[1].launch!, directory: "/d", sharingDefault: true)
+        let choiceA = inventory.sharingChoice(configuration.vms[0], launch: configuration.vms[0].launch!)
+        let choiceB = inventory.sharingChoice(configuration.vms[1], launch: configuration.vms[1].launch!)
+        #expect(choiceA == SharingChoice(on: false, decidedBy: "host.toml sharing = false"))
+        let a = QEMUInventory.arguments(for: configuration.vms[0], launch: configuration.vms[0].launch!, directory: "/d", sharing: choiceA.on)
+        let b = QEMUInventory.arguments(for: configuration.vms[1], launch: configuration.vms[1].launch!, directory: "/d", sharing: choiceB.on)
         #expect(a.contains("pc,memory-backend=ram0,mem-merge=off") && a.contains { $0.hasSuffix(",merge=off") })
         #expect(b.contains("pc,memory-backend=ram0,mem-merge=on") && b.contains { $0.hasSuffix(",merge=on") })
-        #expect(inventory.sharingChoice(configuration.vms[1], launch: configuration.vms[1].launch!) == SharingChoice(on: true, decidedBy: "[sharing] default = true"))
+        #expect(choiceB == SharingChoice(on: true, decidedBy: "[sharing] default = true"))
         var memfd = configuration.vms[1].launch!
         memfd.ramBacking = .memfd
-        #expect(QEMUInventory.arguments(for: configuration.vms[1], launch: memfd, directory: "/d", sharingDefault: true).contains("pc,memory-backend=ram0,mem-merge=off"))
+        let memfdChoice = inventory.sharingChoice(configuration.vms[1], launch: memfd)
+        #expect(memfdChoice == SharingChoice(on: false, decidedBy: "memfd RAM, which KSM cannot merge"))
+        #expect(QEMUInventory.arguments(for: configuration.vms[1], launch: memfd, directory: "/d", sharing: true).contains("pc,memory-backend=ram0,mem-merge=off"))
 
         let onMemfd = try #require(Self.error("[[vm]]\nname = \"m\"\nkernel = \"/k\"\nsharing = true\n"))
         #expect(onMemfd.message.contains("KSM merges only anonymous RAM"), "\(onMemfd)")

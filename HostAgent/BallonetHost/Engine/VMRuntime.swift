@@ -530,7 +530,8 @@ final class VMRuntime {
     /// a host THP that KSM splits maps its zero-filled pages to the zero page uncounted.
     /// Within `tolerance` of the target counts as there (the swap policy's tolerance, as for swapping).
     func pendingZeroMergeBytes(tolerance: UInt64) -> UInt64 {
-        guard leaveBalloonToKSM, account.mergeable == true, account.residentBytes > account.targetBytes + tolerance else { return 0 }
+        let (bar, overflow) = account.targetBytes.addingReportingOverflow(tolerance)
+        guard leaveBalloonToKSM, account.mergeable == true, !overflow, account.residentBytes > bar else { return 0 }
         return min(account.residentBytes - account.targetBytes, account.balloonBytes)
     }
 

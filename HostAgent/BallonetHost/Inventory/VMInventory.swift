@@ -205,9 +205,9 @@ public final class QEMUInventory: VMInventory {
 
     /// The QEMU command line for a managed VM: memfd or anonymous RAM as Ballonet's reclaim wants it, the
     /// `org.ballonet.0` port on a socket, QMP on a socket, the serial console to a file, daemonized.
-    public static func arguments(for vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String, sharingDefault: Bool = false) -> [String] {
-        // mem-merge marks guest RAM for KSM (QEMU's default is on); Ballonet's default is off (docs/SHARING.md).
-        let merge = launch.ramBacking == .anonymous && (vm.sharing ?? sharingDefault)
+    /// `sharing`: QEMU's mem-merge (`sharingChoice`); QEMU's own default is on, Ballonet's off (docs/SHARING.md).
+    public static func arguments(for vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String, sharing: Bool = false) -> [String] {
+        let merge = launch.ramBacking == .anonymous && sharing
         let backend = switch launch.ramBacking {
         case .memfd: "memory-backend-memfd,id=ram0,size=\(launch.memoryMiB)M,share=on"
         case .anonymous: "memory-backend-ram,id=ram0,size=\(launch.memoryMiB)M,merge=\(merge ? "on" : "off")"
@@ -248,13 +248,12 @@ public final class QEMUInventory: VMInventory {
     private func start(_ vm: VMConfiguration, launch: VMConfiguration.Launch, directory: String, logger: Logger) throws {
         try FileSystem.makeDirectory(directory, permissions: 0o700, orExisting: true)
         for socket in ["qmp.sock", "ballonet.sock", "qemu.pid"] { try? FileSystem.removeFile(directory + "/" + socket) }
-        let arguments = Self.arguments(for: vm, launch: launch, directory: directory, sharingDefault: configuration.sharing.defaultOn)
+        let sharing = sharingChoice(vm, launch: launch)
+        let arguments = Self.arguments(for: vm, launch: launch, directory: directory, sharing: sharing.on)
         let executable = launch.qemu.contains("/") ? launch.qemu : "/usr/bin/" + launch.qemu
         // The daemonizing QEMU's own output (errors before it detaches) goes to a file beside its sockets.
         let startLog = directory + "/qemu-start.log"
-        let sharing = launch.ramBacking == .memfd ? "no sharing (memfd RAM)"
-            : (vm.sharing ?? configuration.sharing.defaultOn) ? "sharing on (mem-merge)" : "sharing off"
-        logger.info("starting QEMU for \(vm.name): \(launch.memoryMiB) MiB \(launch.ramBacking.rawValue) RAM, \(sharing), \(launch.cpus) vCPU",
+        logger.info("starting QEMU for \(vm.name): \(launch.memoryMiB) MiB \(launch.ramBacking.rawValue) RAM, sharing \(sharing.on ? "on" : "off") (\(sharing.decidedBy)), \(launch.cpus) vCPU",
                     metadata: ["vm": "\(vm.name)", "command": "\(executable) \(arguments.joined(separator: " "))"])
         // QEMU starts inside a memory cgroup of its own, so hypervisor swapping can limit it: its pages are
         // charged where they are first touched, and a process moved later leaves its memory behind.
