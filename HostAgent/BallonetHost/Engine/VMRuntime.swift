@@ -527,7 +527,8 @@ final class VMRuntime {
 
     /// Memory the host still waits for KSM to free behind this VM's balloon (while its balloon pages are left
     /// to KSM): what it holds above its target, at most its balloon. KSM's own zero-page count cannot say it:
-    /// a host THP that KSM splits maps its zero-filled pages to the zero page uncounted.
+    /// here a 219 MiB balloon left the host while ksm_zero_pages counted 0–23 MiB (the pages sat in host huge
+    /// pages that ksmd split).
     /// Within `tolerance` of the target counts as there (the swap policy's tolerance, as for swapping).
     func pendingZeroMergeBytes(tolerance: UInt64) -> UInt64 {
         let (bar, overflow) = account.targetBytes.addingReportingOverflow(tolerance)
