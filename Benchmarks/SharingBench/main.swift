@@ -66,27 +66,23 @@ let guests = booted
 for guest in guests {
     _ = try guest.waitUntilReady(timeout: 300)
     // The same application data in each guest.
-    let started = try guest.run("ballonet-workload keep \(dataMiB) 5 > /tmp/keep.log 2>&1 & until grep -q 'keep filled' /tmp/keep.log; do sleep 0.5; done", timeout: 300)
-    guard started.status == 0 else { Benchmark.fail("keep did not start in \(guest.name)") }
+    _ = try guest.startKeep(mib: dataMiB, seed: 5)
 }
 let mergeable = guests.reduce(UInt64(0)) { $0 + ((try? $1.residentGuestRAMBytes) ?? 0) }
 
 guard mergeable > 0 else { Benchmark.fail("cannot read the guests' resident RAM") }
 
-/// The guests' [[vm]] tables. With `emptyBalloons` the agent in share3 keeps an empty balloon (a fixed target
-/// of all its RAM), so that in the controller runs the savings are KSM's alone, as in the runs without
-/// ballonet-host.
-func vmTables(emptyBalloons: Bool) -> String {
-    guests.map { guest in
-        "[[vm]]\nname = \"\(guest.name)\"\nqmp_socket = \"\(guest.qmpSocketPath)\"\nport_socket = \"\(guest.portSocketPath)\"\nswap = \"off\"\nmin_mib = 64\n"
-            + (emptyBalloons ? "target_mib = \(guestMiB)\n" : "")
-    }.joined()
-}
+/// The guests' [[vm]] tables. Each has a fixed target of all its RAM, so the agent in share3 keeps an empty
+/// balloon and the savings are KSM's alone, as in the runs without ballonet-host.
+let vmTables = guests.map { guest in
+    "[[vm]]\nname = \"\(guest.name)\"\nqmp_socket = \"\(guest.qmpSocketPath)\"\nport_socket = \"\(guest.portSocketPath)\"\nswap = \"off\"\nmin_mib = 64\n"
+        + "target_mib = \(guestMiB)\n"
+}.joined()
 
 /// A ballonet-host attached to the guests with `config` (before the VMs), logging to `log`.
-func startHost(_ config: String, emptyBalloons: Bool, log: String) throws -> Process {
+func startHost(_ config: String, log: String) throws -> Process {
     let path = work.appendingPathComponent("host.toml").path
-    try (config + vmTables(emptyBalloons: emptyBalloons)).write(toFile: path, atomically: true, encoding: .utf8)
+    try (config + vmTables).write(toFile: path, atomically: true, encoding: .utf8)
     let host = Process()
     host.executableURL = try BuiltCommand.path("ballonet-host")
     host.arguments = ["run", "--config", path, "--state-directory", work.appendingPathComponent("state").path,
@@ -97,10 +93,6 @@ func startHost(_ config: String, emptyBalloons: Bool, log: String) throws -> Pro
     host.standardOutput = host.standardError
     try host.run()
     return host
-}
-
-func status() -> HostStatus? {
-    (try? ControlClient.request(ControlRequest(command: "status"), socket: work.appendingPathComponent("control.sock").path))?.status
 }
 
 struct Run {
@@ -137,7 +129,7 @@ let shortConfig = "[host]\nbudget_mib = \(heldMiB * 4 / 3)\n[policy]\nhigh_perce
 
 var runs: [Run] = []
 if runControllers {
-    let host = try startHost(shortConfig, emptyBalloons: true, log: work.appendingPathComponent("host-ballonet.log").path)
+    let host = try startHost(shortConfig, log: work.appendingPathComponent("host-ballonet.log").path)
     runs.append(measure("Ballonet (ballonet-host, memory short)") { _ in })
     host.terminate()
     host.waitUntilExit()

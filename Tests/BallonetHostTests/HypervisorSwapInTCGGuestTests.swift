@@ -10,22 +10,6 @@ import Testing
 @Suite(.serialized) struct HypervisorSwapInTCGGuestTests {
     static var canRun: Bool { HostTestImage.canRun && TemporarySwapFile.canMake }
 
-    /// Starts `ballonet-workload keep MIB SEED` in the guest and returns its pid once the data is written.
-    func keep(_ guest: TCGGuest, mib: Int, seed: Int) throws -> Int {
-        let started = try guest.run("ballonet-workload keep \(mib) \(seed) > /tmp/keep.log 2>&1 & "
-                                    + "until grep -q 'keep filled' /tmp/keep.log; do sleep 0.5; done; cat /tmp/keep.log", timeout: 300)
-        guard let field = started.output.split(separator: " ").first(where: { $0.hasPrefix("pid=") }),
-              let pid = Int(field.dropFirst(4).prefix { $0.isNumber }) else {
-            throw TCGGuest.Failure("keep did not start: \(started.output)")
-        }
-        return pid
-    }
-
-    /// Has `keep` verify its data (every page touched again: what was in host swap comes back).
-    func verify(_ guest: TCGGuest, pid: Int) throws -> String {
-        try guest.run("kill -USR1 \(pid); while kill -0 \(pid) 2>/dev/null; do sleep 0.5; done; cat /tmp/keep.log", timeout: 600).output
-    }
-
     func qmpStatus(_ guest: TCGGuest) throws -> String {
         let answer = try guest.qmp(#"{"execute":"query-status"}"#)
         guard let range = answer.range(of: #""status": ""#) ?? answer.range(of: #""status":""#) else { return answer }
@@ -48,7 +32,7 @@ import Testing
             try? FileSystem.removeDirectory(hierarchy.root + "/ballonet-tests")
         }
         _ = try guest.waitUntilReady(timeout: 180)
-        let pid = try keep(guest, mib: 300, seed: 11)
+        let pid = try guest.startKeep(mib: 300, seed: 11)
 
         // A budget well under what the guest holds: the host is in its low state at once.
         let vm = "[[vm]]\nname = \"noagent\"\nqmp_socket = \"\(guest.qmpSocketPath)\"\nport_socket = \"\(guest.portSocketPath)\"\nmin_mib = 128\n"
@@ -78,7 +62,7 @@ import Testing
             host = try HostAgentProcess(directory: work, vms: [], configText: "[host]\nbudget_mib = 2048\n" + vm)
             let free = try host.wait(for: "noagent", timeout: 60, "attached without a limit") { $0.residentBytes > 0 && $0.swapLimitBytes == nil }
             #expect(try group.limitBytes() == nil)
-            let verified = try verify(guest, pid: pid)
+            let verified = try guest.verifyKeep(pid: pid)
             #expect(verified.contains("keep ok 300 MiB") && !verified.contains("MISMATCH"), "\(verified)")
             let back = try host.wait(for: "noagent", timeout: 30, "paged back in") {
                 $0.residentBytes > free.residentBytes + (16 << 20) && $0.swappedBytes + (16 << 20) < free.swappedBytes
@@ -102,7 +86,7 @@ import Testing
         defer { guest.stop() }
         _ = try guest.waitUntilReady(timeout: 180)
         try guest.touchAndFree(megabytes: 300, timeout: 240)
-        let pid = try keep(guest, mib: 150, seed: 12)
+        let pid = try guest.startKeep(mib: 150, seed: 12)
 
         let host = try HostAgentProcess(directory: work, vms: [],
                                         configText: "[[vm]]\nname = \"floor\"\nqmp_socket = \"\(guest.qmpSocketPath)\"\nport_socket = \"\(guest.portSocketPath)\"\nswap = \"pageout\"\nmin_mib = 128\n")
@@ -125,7 +109,7 @@ import Testing
             let balloonLine = log.range(of: "balloon target")?.lowerBound, swapLine = log.range(of: "hypervisor swapping starts")?.lowerBound
             #expect(balloonLine != nil && swapLine != nil && balloonLine! < swapLine!, "balloon first, then swap")
             #expect(log.contains("the balloon cannot deliver"), "why it swapped")
-            let verified = try verify(guest, pid: pid)
+            let verified = try guest.verifyKeep(pid: pid)
             #expect(verified.contains("keep ok 150 MiB") && !verified.contains("MISMATCH"), "\(verified)")
         } catch {
             let agentLog = (try? guest.run("tail -n 20 /run/ballonet-guest.log; free -m", timeout: 30).output) ?? "?"

@@ -38,4 +38,21 @@ extension TCGGuest {
         guard let range = answer.range(of: "\"\(key)\":") else { return nil }
         return UInt64(answer[range.upperBound...].drop { $0 == " " }.prefix { $0.isNumber })
     }
+
+    /// Starts `ballonet-workload keep MIB SEED` in the background (its output in /tmp/keep.log) and returns its
+    /// pid once the data is written.
+    public func startKeep(mib: Int, seed: Int) throws -> Int {
+        let started = try run("ballonet-workload keep \(mib) \(seed) > /tmp/keep.log 2>&1 & "
+                              + "until grep -q 'keep filled' /tmp/keep.log; do sleep 0.5; done; cat /tmp/keep.log", timeout: 300)
+        guard let field = started.output.split(separator: " ").first(where: { $0.hasPrefix("pid=") }),
+              let pid = Int(field.dropFirst(4).prefix { $0.isNumber }) else {
+            throw Failure("keep did not start: \(started.output)")
+        }
+        return pid
+    }
+
+    /// Has `keep` (pid from `startKeep`) verify its data, every page touched again, and returns what it printed.
+    public func verifyKeep(pid: Int) throws -> String {
+        try run("kill -USR1 \(pid); while kill -0 \(pid) 2>/dev/null; do sleep 0.5; done; cat /tmp/keep.log", timeout: 600).output
+    }
 }

@@ -182,7 +182,6 @@ public final class GuestRAMReclaimer {
                 figures.swappedBytes += mapping.swap
                 figures.referencedBytes += mapping.referenced
                 figures.proportionalBytes += mapping.pss
-                figures.ksmBytes += mapping.ksm
                 if mapping.vmFlags.contains("mg") { figures.mergeable = true }
             }
             return true
@@ -222,8 +221,6 @@ public struct GuestRAMFigures: Equatable, Sendable {
     /// Pss: resident pages, each divided by the number of mappings that share it. A KSM page merged from
     /// n guests' pages counts 1/n here, so resident − proportional is what sharing saves this VM.
     public var proportionalBytes: UInt64 = 0
-    /// Resident bytes in KSM pages (smaps' KSM line).
-    public var ksmBytes: UInt64 = 0
     /// Guest RAM is marked for KSM (VmFlags "mg": QEMU's mem-merge on anonymous RAM).
     public var mergeable = false
     public init() {}

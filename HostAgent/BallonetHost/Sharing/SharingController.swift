@@ -45,7 +45,6 @@ final class SharingController {
     /// The settings as they were before the agent first changed each, to put back.
     private var original: [(name: String, value: String)] = []
     private(set) var status: SharingStatus?
-    private(set) var figures: KSMFigures?
     /// Warned once that KSM's settings cannot be written.
     private var warnedWrite = false
     /// The agent has set KSM at least once. Until a VM it manages is mergeable it leaves KSM as it found it
@@ -75,12 +74,12 @@ final class SharingController {
     /// the VMs' figures, `state` from the memory policy's round.
     func round(elapsedMillis: UInt64, state: FreeMemoryState, mergeableBytes: UInt64, pendingZeroMergeBytes: UInt64) {
         guard let figures = try? KSMControl.read() else { return }
-        self.figures = figures
         let cpu = ksmdProcessID.flatMap { try? KSMDaemon.cpuNanoseconds(of: $0) }
         let cpuDelta = cpu.flatMap { now in lastCPUNanos.map { now > $0 ? now - $0 : 0 } } ?? 0
         if startCPUNanos == nil { startCPUNanos = cpu }
         lastCPUNanos = cpu ?? lastCPUNanos
         var decision = lastDecision
+        var wrote = false
         if settings.steerKSM {
             let observation = SharingPolicy.Observation(
                 elapsedMillis: elapsedMillis, ksmdCPUNanos: cpuDelta, savedBytes: figures.savedBytes, fullScans: figures.fullScans,
@@ -88,12 +87,12 @@ final class SharingController {
                 advisorAvailable: figures.advisorMode != nil)
             let made = SharingPolicy.decide(observation, memory: memory, settings: settings.policy)
             memory = made.1
-            apply(made.0, figures: figures)
+            wrote = apply(made.0, figures: figures)
             decision = made.0
             lastDecision = made.0
         }
-        let current = (try? KSMControl.read()) ?? figures
-        self.figures = current
+        // What ksmd runs with now: read again only when this round changed it.
+        let current = wrote ? (try? KSMControl.read()) ?? figures : figures
         let cpuPercent = elapsedMillis > 0 && lastCPUNanos != nil ? Double(cpuDelta) / 1e6 / Double(elapsedMillis) * 100 : nil
         status = SharingStatus(
             steering: settings.steerKSM, running: current.run == 1,
@@ -111,8 +110,9 @@ final class SharingController {
     }
 
     /// Writes the decision's settings where they differ from the kernel's, and logs a change of course.
-    private func apply(_ decision: SharingPolicy.Decision, figures: KSMFigures) {
-        guard tookOver || decision.running else { return }
+    /// Returns whether it wrote any.
+    private func apply(_ decision: SharingPolicy.Decision, figures: KSMFigures) -> Bool {
+        guard tookOver || decision.running else { return false }
         tookOver = true
         var writes: [(String, String)] = []
         if figures.useZeroPages == false && decision.running { writes.append(("use_zero_pages", "1")) }
@@ -139,7 +139,7 @@ final class SharingController {
                     warnedWrite = true
                     logger.warning("cannot set KSM's \(name) to \(value): \(error); page sharing is left as it is (is /sys mounted read-only?)")
                 }
-                return
+                return true
             }
         }
         let before = lastDecision
@@ -151,6 +151,7 @@ final class SharingController {
             }
             logger.notice("\(how): \(decision.reason)")
         }
+        return !writes.isEmpty
     }
 
     /// Puts back every KSM setting the agent changed (merged pages stay merged).
