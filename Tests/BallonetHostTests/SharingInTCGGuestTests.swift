@@ -14,31 +14,11 @@ import Testing
     static func ksmStat(_ guest: TCGGuest) throws -> KSMProcessStat { try ProcFiles.ksmStat(of: .id(guest.pid)) }
 
     /// KSM pages mapped by the guest's QEMU now: smaps_rollup's KSM line.
-    static func ksmMappedBytes(_ guest: TCGGuest) throws -> UInt64 {
-        let text = try String(contentsOfFile: "/proc/\(guest.pid)/smaps_rollup", encoding: .utf8)
-        let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("KSM:") }, "no KSM line in smaps_rollup")
-        let kib = try #require(UInt64(line.split(separator: " ")[1]))
-        return kib << 10
-    }
+    static func ksmMappedBytes(_ guest: TCGGuest) throws -> UInt64 { try ProcFiles.smapsRollup(of: .id(guest.pid)).ksm }
 
     static func ksmdCPUSeconds() throws -> Double {
         let pid = try #require(KSMDaemon.processID(), "ksmd is not running")
         return Double(try KSMDaemon.cpuNanoseconds(of: pid)) / 1e9
-    }
-
-    /// Starts `ballonet-workload keep MIB SEED` and returns its pid once the data is written.
-    static func keep(_ guest: TCGGuest, mib: Int, seed: Int) throws -> Int {
-        let started = try guest.run("ballonet-workload keep \(mib) \(seed) > /tmp/keep.log 2>&1 & "
-                                    + "until grep -q 'keep filled' /tmp/keep.log; do sleep 0.5; done; cat /tmp/keep.log", timeout: 300)
-        guard let field = started.output.split(separator: " ").first(where: { $0.hasPrefix("pid=") }),
-              let pid = Int(field.dropFirst(4).prefix { $0.isNumber }) else {
-            throw TCGGuest.Failure("keep did not start: \(started.output)")
-        }
-        return pid
-    }
-
-    static func verify(_ guest: TCGGuest, pid: Int) throws -> String {
-        try guest.run("kill -USR1 \(pid); while kill -0 \(pid) 2>/dev/null; do sleep 0.5; done; cat /tmp/keep.log", timeout: 300).output
     }
 
     @Test(.enabled(if: canRun, "needs root, QEMU and a kernel with KSM"))
@@ -57,11 +37,11 @@ import Testing
                                             workDirectory: work.appendingPathComponent(name)))
         }
         for guest in guests { try guest.waitUntilReady(timeout: 240) }
-        let (share1, share2, share3, privateGuest) = (guests[0], guests[1], guests[2], guests[3])
+        let (share1, share2, privateGuest) = (guests[0], guests[1], guests[3])
         // The same 64 MiB in share1 and share2 (and in the guest that must never share).
-        let keep1 = try Self.keep(share1, mib: 64, seed: 77)
-        let keep2 = try Self.keep(share2, mib: 64, seed: 77)
-        _ = try Self.keep(privateGuest, mib: 64, seed: 77)
+        let keep1 = try share1.startKeep(mib: 64, seed: 77)
+        let keep2 = try share2.startKeep(mib: 64, seed: 77)
+        _ = try privateGuest.startKeep(mib: 64, seed: 77)
 
         var vms = ""
         for guest in guests {
@@ -79,14 +59,14 @@ import Testing
         do {
             for guest in guests { try host.wait(for: guest.name, timeout: 60, "attached") { $0.residentBytes > 0 } }
             let started = Date()
-            // Savings appear, and share1 and share2's common 64 MiB is among them (share3 lacks it).
+            // Savings appear: share1 and share2 each merge at least as much as their common 64 MiB. (That the
+            // pattern's own pages are among the merged ones shows below, when share1 rewrites a quarter of them.)
             var status = try host.status()
             while Date().timeIntervalSince(started) < 420 {
                 try privateNeverMerges()
                 status = try host.status()
                 let merged = Dictionary(uniqueKeysWithValues: status.vms.map { ($0.name, $0.ksmMergingBytes ?? 0) })
-                if (status.sharing?.savedBytes ?? 0) >= 64 << 20,
-                   merged["share1"]! >= merged["share3"]! + (56 << 20), merged["share2"]! >= merged["share3"]! + (56 << 20) { break }
+                if (status.sharing?.savedBytes ?? 0) >= 64 << 20, merged["share1"]! >= 64 << 20, merged["share2"]! >= 64 << 20 { break }
                 Thread.sleep(forTimeInterval: 2)
             }
             let sharing = try #require(status.sharing)
@@ -96,8 +76,7 @@ import Testing
             #expect(sharing.savedBytes >= 64 << 20, "\(sharing)")
             for name in ["share1", "share2"] {
                 let account = try #require(status.vms.first { $0.name == name })
-                let share3Merging = status.vms.first { $0.name == "share3" }?.ksmMergingBytes ?? 0
-                #expect((account.ksmMergingBytes ?? 0) >= share3Merging + (56 << 20), "\(name)'s 64 MiB pattern is merged")
+                #expect((account.ksmMergingBytes ?? 0) >= 64 << 20, "\(name) merges at least its 64 MiB in common with the other")
                 #expect(account.mergeable == true && account.sharing?.hasPrefix("on") == true)
             }
             let privateAccount = try #require(status.vms.first { $0.name == "private" })
@@ -132,8 +111,8 @@ import Testing
             #expect(rewritten.output.contains("keep rewrote 16384 KiB"), "\(rewritten.output)")
             let afterWrite = try Self.ksmMappedBytes(share1)
             print("copy-on-write: share1 maps \(beforeWrite >> 20) MiB of KSM pages, \(afterWrite >> 20) MiB after rewriting 16 MiB of its copy")
-            #expect(afterWrite + (15 << 20) <= beforeWrite, "writing 16 MiB of merged pages gives share1 copies of its own")
-            let verified1 = try Self.verify(share1, pid: keep1), verified2 = try Self.verify(share2, pid: keep2)
+            #expect(afterWrite + (15 << 20) <= beforeWrite, "the pattern's pages were merged: writing 16 MiB of them gives share1 copies of its own")
+            let verified1 = try share1.verifyKeep(pid: keep1), verified2 = try share2.verifyKeep(pid: keep2)
             #expect(verified1.contains("keep ok 64 MiB") && verified1.contains("first quarter rewritten") && !verified1.contains("MISMATCH"), "\(verified1)")
             #expect(verified2.contains("keep ok 64 MiB") && !verified2.contains("MISMATCH"), "\(verified2)")
 
