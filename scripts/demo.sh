@@ -26,7 +26,7 @@ bash scripts/install-deps.sh
 echo "== building ballonet-host, ballonetctl and the static ballonet-guest"
 swift build --product ballonet-host >/dev/null
 swift build --product ballonetctl >/dev/null
-swift build -c release --static-swift-stdlib --product ballonet-guest --scratch-path .build-guest >/dev/null
+bash scripts/build-guest-agent.sh .build-guest >/dev/null 2>&1
 echo "== building the guest image (cached after the first time)"
 bash packaging/guest-image/build-initramfs.sh --agent .build-guest/release/ballonet-guest --out .build-guest/guest-image >/dev/null
 bin=$(swift build --show-bin-path)

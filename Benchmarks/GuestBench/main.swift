@@ -75,9 +75,11 @@ func agentBalloon(_ host: PeerConnection, session: UInt64, toPages target: UInt6
     return (Benchmark.seconds(since: start), huge, batches)
 }
 
+/// Connects the host side first, then starts the agent: its hello then reaches a host that listens (a
+/// hello sent into a port nobody is connected to is lost, and this peer does not repeat its own).
 func startAgent(_ guest: TCGGuest, _ flags: String) throws -> (PeerConnection, UInt64) {
-    _ = try guest.run("ballonet-guest --log-level notice \(flags) > /run/ballonet-guest.log 2>&1 &", timeout: 30)
     let host = try TestHostPeer.connect(toQEMUPort: guest.portSocketPath)
+    _ = try guest.run("ballonet-guest --log-level notice \(flags) > /run/ballonet-guest.log 2>&1 &", timeout: 30)
     let session = UInt64.random(in: 1...UInt64.max)
     _ = try host.handshake(sessionID: session, timeout: .seconds(120))
     return (host, session)
@@ -95,11 +97,27 @@ func fieldKiB(_ status: String, _ name: String) -> UInt64 {
     return 0
 }
 
-func ticks(_ stat: String) -> UInt64 {
-    // /proc/<pid>/stat: fields after the command's closing parenthesis; utime and stime are 14th and 15th.
-    guard let close = stat.lastIndex(of: ")") else { return 0 }
+/// utime and stime from /proc/<pid>/stat, in clock ticks (10 ms): the 14th and 15th fields, counted
+/// after the command's closing parenthesis.
+func ticks(_ stat: String) -> (user: UInt64, system: UInt64) {
+    guard let close = stat.lastIndex(of: ")") else { return (0, 0) }
     let fields = stat[stat.index(after: close)...].split(separator: " ")
-    return (UInt64(fields[11]) ?? 0) + (UInt64(fields[12]) ?? 0)
+    return (UInt64(fields[11]) ?? 0, UInt64(fields[12]) ?? 0)
+}
+
+/// The agent's CPU over `seconds` while the host side only answers pings: percent of one vCPU, and the
+/// user and system ticks behind it.
+func idleCPU(_ guest: TCGGuest, _ host: PeerConnection, seconds: Int) throws -> (percent: Double, user: UInt64, system: UInt64) {
+    let before = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
+    let start = ContinuousClock.now
+    _ = try host.collect(for: .seconds(seconds))
+    let after = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
+    let user = after.user - before.user, system = after.system - before.system
+    return (Double(user + system) / 100 / Benchmark.seconds(since: start) * 100, user, system)
+}
+
+func describeIdle(_ idle: (percent: Double, user: UInt64, system: UInt64), seconds: Int) -> String {
+    String(format: "%.2f", idle.percent) + " % of one vCPU (\(idle.user + idle.system) ticks of 10 ms in \(seconds) s: \(idle.user) user, \(idle.system) system)"
 }
 
 guard getuid() == 0 else { Benchmark.fail("run as root: the agent mounts a tmpfs and pins pages") }
@@ -107,7 +125,9 @@ print("# Guest agent benchmark")
 print()
 print("Ballonet \(BallonetVersion.software). Inflate \(balloonMiB) MiB of a \(guestMiB) MiB TCG guest (memfd-backed RAM, 1 vCPU) "
       + "whose memory was touched first; the kernel's virtio-balloon and ballonet-guest in the same boot, one after the other. "
-      + "The host side of ballonet-guest acknowledges each batch at once (it reclaims nothing here), so the rates are the guest's own.")
+      + "The host side of ballonet-guest acknowledges each batch at once (it reclaims nothing here), so the rates are the guest's own. "
+      + "Before each balloon the guest's workload touches \(balloonMiB) MiB and frees it; the time it takes is the rate at which "
+      + "this guest's kernel can hand out zeroed pages at all, the ceiling for any balloon whose pages it zeroes.")
 print()
 
 let agentBinary = try GuestImage.buildStaticAgent()
@@ -118,56 +138,70 @@ let guest = try TCGGuest.boot(name: "bench-guest", memoryMiB: guestMiB, kernel: 
 defer { guest.stop() }
 _ = try guest.waitUntilReady(timeout: 300)
 _ = try guest.run("modprobe virtio_balloon 2>/dev/null; true", timeout: 30)
+let binaryBytes = UInt64(try guest.run("wc -c < $(command -v ballonet-guest)", timeout: 30).output
+    .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
 
 var rows: [(String, Double, Double, String)] = []
-try guest.touchAndFree(megabytes: Int(balloonMiB))
+var touchRates: [Double] = []
+touchRates.append(Double(balloonMiB) / (try guest.touchAndFree(megabytes: Int(balloonMiB))))
 let kernelInflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB) - balloonMiB)
 let kernelDeflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB))
 rows.append(("kernel virtio-balloon (QMP balloon)", Double(balloonMiB) / kernelInflate, Double(balloonMiB) / kernelDeflate, "4 KiB pages"))
 
-var rssLine = ""
-var idleLine = ""
+let idleSeconds = 60
+let heldMiB: UInt64 = 256
+var costLines: [String] = []
 for (name, flags) in [("ballonet-guest, 2 MiB pages (default)", ""), ("ballonet-guest, 4 KiB pages (--no-huge-pages)", "--no-huge-pages")] {
-    try guest.touchAndFree(megabytes: Int(balloonMiB))
+    touchRates.append(Double(balloonMiB) / (try guest.touchAndFree(megabytes: Int(balloonMiB))))
     let (host, session) = try startAgent(guest, flags)
     let inflate = try agentBalloon(host, session: session, toPages: balloonMiB * mib)
     let deflate = try agentBalloon(host, session: session, toPages: 0)
     rows.append((name, Double(balloonMiB) / inflate.seconds, Double(balloonMiB) / deflate.seconds,
                  "\(inflate.hugeBatches) of \(inflate.batches) batches in 2 MiB pages"))
     if flags.isEmpty {
-        // The agent's own cost, measured on the default agent once it is idle (connected, sampling).
+        // The agent's own cost, measured on the default agent after a balloon cycle, connected.
         let status = try guest.run("cat /proc/$(pidof ballonet-guest)/status", timeout: 30).output
         // Everything resident but the balloon (the only memory the agent locks); the binary's own pages
         // count too, as they live in the initramfs's RAM.
         let own = fieldKiB(status, "VmRSS") - fieldKiB(status, "VmLck")
-        rssLine = "Agent memory outside the balloon: \(own) kB (VmRSS \(fieldKiB(status, "VmRSS")) kB − VmLck \(fieldKiB(status, "VmLck")) kB; "
-            + "RssAnon \(fieldKiB(status, "RssAnon")) kB, RssFile \(fieldKiB(status, "RssFile")) kB, RssShmem \(fieldKiB(status, "RssShmem")) kB; goal ≤ 8 MiB)."
-        let before = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
-        let idleStart = ContinuousClock.now
-        _ = try host.collect(for: .seconds(30))  // answers pings, takes samples
-        let after = ticks(try guest.run("cat /proc/$(pidof ballonet-guest)/stat", timeout: 30).output)
-        let percent = Double(after - before) / 100 / Benchmark.seconds(since: idleStart) * 100
-        idleLine = "Agent CPU while idle (connected, sampling every 10 s) over \(Int(Benchmark.seconds(since: idleStart))) s: "
-            + String(format: "%.2f", percent) + " % of one vCPU (\(after - before) ticks of 10 ms; goal ≤ 0.2 %)."
+        costLines.append("Agent memory outside the balloon, connected, after the balloon cycle above: \(own) kB "
+            + "(VmRSS \(fieldKiB(status, "VmRSS")) kB − VmLck \(fieldKiB(status, "VmLck")) kB; RssAnon \(fieldKiB(status, "RssAnon")) kB, "
+            + "RssFile \(fieldKiB(status, "RssFile")) kB, RssShmem \(fieldKiB(status, "RssShmem")) kB; goal ≤ 8 MiB). "
+            + "The binary: \(binaryBytes / 1000) kB, one static executable.")
+        _ = try host.collect(for: .seconds(5))  // let the deflate's work settle
+        let empty = try idleCPU(guest, host, seconds: idleSeconds)
+        costLines.append("Agent CPU while idle, connected, balloon empty (sampling every 10 s, a memory check every 10 s): "
+            + describeIdle(empty, seconds: idleSeconds) + "; goal ≤ 0.2 %.")
+        _ = try agentBalloon(host, session: session, toPages: heldMiB * mib)
+        _ = try host.collect(for: .seconds(5))
+        let holding = try idleCPU(guest, host, seconds: idleSeconds)
+        costLines.append("Agent CPU while idle, connected, holding a \(heldMiB) MiB balloon (sampling every 10 s, a memory check every second): "
+            + describeIdle(holding, seconds: idleSeconds) + "; goal ≤ 0.2 %.")
+        _ = try agentBalloon(host, session: session, toPages: 0)
     }
     let log = try guest.run("grep -v ' info ' /run/ballonet-guest.log | tail -n 12", timeout: 30).output
     FileHandle.standardError.write(Data("--- \(name): agent log (notices and worse)\n\(log)\n".utf8))
     try stopAgent(guest, host)
 }
 
+let touchRate = touchRates.sorted()[touchRates.count / 2]
 print("| balloon | inflate MiB/s | deflate MiB/s | pages |")
 print("| --- | ---: | ---: | --- |")
+print("| none: the workload touching \(balloonMiB) MiB (median of \(touchRates.count)) | \(String(format: "%.0f", touchRate)) | | "
+      + touchRates.map { String(format: "%.0f", $0) }.joined(separator: ", ") + " MiB/s |")
 for row in rows {
     print("| \(row.0) | \(String(format: "%.0f", row.1)) | \(String(format: "%.0f", row.2)) | \(row.3) |")
 }
 let kernelRate = rows[0].1
 print()
-print("Inflate against the kernel's: " + rows.dropFirst().map { "\($0.0): \(String(format: "%.1f", $0.1 / kernelRate))×" }.joined(separator: "; ") + ".")
+print("Inflate against the kernel's: " + rows.dropFirst().map { "\($0.0): \(String(format: "%.1f", $0.1 / kernelRate))×" }.joined(separator: "; ")
+      + ". The workload's touch rate against the kernel balloon's: \(String(format: "%.1f", touchRate / kernelRate))×, "
+      + "the most any balloon that has the guest kernel zero its pages can reach here.")
 print()
-print(rssLine)
-print()
-print(idleLine)
-print()
+for line in costLines {
+    print(line)
+    print()
+}
 print("## PFN reports (on this host's kernel, 1 GiB pinned in 4 MiB batches)")
 print()
 print("| pages | read pagemap and encode 256 reports | ranges | bytes |")

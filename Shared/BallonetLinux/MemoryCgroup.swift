@@ -35,14 +35,13 @@ public struct MemoryCgroup: Equatable, Sendable, CustomStringConvertible {
         guard let bytes = try? FileSystem.readFile(mountinfo, maxBytes: maximumTableBytes) else { return nil }
         var unified: String?
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            // "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory"
-            let halves = line.split(separator: " - ", maxSplits: 1)
-            guard halves.count == 2 else { continue }
-            let before = halves[0].split(separator: " "), after = halves[1].split(separator: " ")
-            guard before.count >= 5, after.count >= 3 else { continue }
-            let mountPoint = String(before[4])
-            if after[0] == "cgroup", after[2].split(separator: ",").contains("memory") { return (mountPoint, .v1) }
-            if after[0] == "cgroup2" { unified = mountPoint }
+            // "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory": the
+            // optional fields end at a lone "-" (paths have their spaces escaped as \040).
+            let fields = line.split(separator: " ")
+            guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count >= dash + 4 else { continue }
+            let mountPoint = String(fields[4]), fileSystem = fields[dash + 1], superOptions = fields[dash + 3]
+            if fileSystem == "cgroup", superOptions.split(separator: ",").contains("memory") { return (mountPoint, .v1) }
+            if fileSystem == "cgroup2" { unified = mountPoint }
         }
         if let unified, let controllers = try? FileSystem.readFile(unified + "/cgroup.controllers", maxBytes: 4096),
            String(decoding: controllers, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("memory") {
@@ -62,7 +61,7 @@ public struct MemoryCgroup: Equatable, Sendable, CustomStringConvertible {
             let matches = hierarchy.version == .v1 ? fields[1].split(separator: ",").contains("memory") : fields[0] == "0" && fields[1].isEmpty
             guard matches else { continue }
             let relative = String(fields[2])
-            guard relative != "/", !relative.contains("/../") else { return nil }
+            guard relative != "/", !relative.split(separator: "/").contains("..") else { return nil }
             return MemoryCgroup(path: hierarchy.root + relative, version: hierarchy.version)
         }
         return nil

@@ -76,6 +76,64 @@ extension LinuxLayerTests {
         }
     }
 
+    /// MemAvailable alone, as the guest's once-a-second pressure check reads it.
+    @Suite struct MemAvailableAlone {
+        static func memAvailable(_ bytes: [UInt8]) throws -> UInt64? {
+            try bytes.withUnsafeBufferPointer { buffer throws in try Meminfo.memAvailable(in: buffer) }
+        }
+
+        @Test func agreesWithTheFullParseOnEveryCapture() throws {
+            for name in ["meminfo", "malformed/meminfo-future"] {
+                let bytes = try Capture.bytes(name)
+                #expect(try Self.memAvailable(bytes) == (try Meminfo(parsing: bytes)).memAvailable, "\(name)")
+            }
+        }
+
+        @Test func absentIsNilAndMalformedIsAnErrorOnItsLine() throws {
+            #expect(try Self.memAvailable(Array("MemTotal: 100 kB\nMemFree: 50 kB\n".utf8)) == nil)
+            #expect(try Self.memAvailable(Array("MemTotal: 100 kB\nMemAvailable: 2 kB\nMemAvailable: 9 kB\n".utf8)) == 2048,
+                    "the first line counts")
+            let error = expectParseError { _ = try Self.memAvailable(Array("MemTotal: 100 kB\nMemAvailable: lots\n".utf8)) }
+            #expect(error?.line == 2)
+            #expect(expectParseError { _ = try Self.memAvailable(Array("MemAvailable: 99999999999999999999 kB\n".utf8)) } != nil)
+            #expect(expectParseError { _ = try Self.memAvailable(Array("MemAvailable: 12\n".utf8)) } != nil, "a count, not an amount")
+        }
+
+        @Test func probeRereadsTheOpenFileFromTheStart() throws {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("meminfo-\(getpid())-\(UInt32.random(in: 0 ... .max))").path
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            var text = String(decoding: try Capture.bytes("meminfo"), as: UTF8.self)
+            try FileSystem.writeFile(path, Array(text.utf8), creatingWithPermissions: 0o600)
+            let probe = try MemAvailableProbe(path: path)
+            #expect(try probe.read() == 24_383_516 * 1024)
+            // Rewritten in place, as /proc regenerates it: the same descriptor sees the new figure.
+            text = text.replacingOccurrences(of: "MemAvailable:   24383516 kB", with: "MemAvailable:      12345 kB")
+            #expect(text.contains("MemAvailable:      12345 kB"))
+            try FileSystem.writeFile(path, Array(text.utf8), creatingWithPermissions: 0o600)
+            #expect(try probe.read() == 12345 * 1024)
+        }
+
+        @Test func probeReadsPastItsFirstReadWhenTheLineIsFurtherOn() throws {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("meminfo-\(getpid())-\(UInt32.random(in: 0 ... .max))").path
+            defer { try? FileManager.default.removeItem(atPath: path) }
+            // Filler pushes MemAvailable past the first read, and a line straddling the read's end.
+            for fillerLines in [175, 176, 177, 250] {  // 176: the line spans bytes 4082–4107
+                let filler = (0..<fillerLines).map { "Filler\(String(format: "%04d", $0)):       1 kB\n" }.joined()
+                let text = "MemTotal: 1000 kB\nMemFree: 500 kB\n" + filler + "MemAvailable:     777 kB\n"
+                try FileSystem.writeFile(path, Array(text.utf8), creatingWithPermissions: 0o600)
+                #expect(try MemAvailableProbe(path: path).read() == 777 * 1024, "\(fillerLines) filler lines, \(text.utf8.count) bytes")
+            }
+        }
+
+        @Test func probeAgreesWithThisMachinesMeminfo() throws {
+            let probed = try MemAvailableProbe().read()
+            let parsed = try ProcFiles.meminfo().memAvailable
+            // Two readings a moment apart on a machine running other tests.
+            let difference = probed > parsed ? probed - parsed : parsed - probed
+            #expect(difference < 256 << 20, "probe \(probed), parse \(parsed)")
+        }
+    }
+
     @Suite struct VMStatCaptures {
         @Test func capturedCountersAreReadByName() throws {
             let vmstat = try VMStat(parsing: Capture.bytes("vmstat"))

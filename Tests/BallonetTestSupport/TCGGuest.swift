@@ -296,12 +296,12 @@ public enum GuestImage {
 
     private static let agentBuild = OnceResult<URL>()
 
-    /// Builds `ballonet-guest` with the static Swift stdlib (what guest images carry) in `.build-guest`,
-    /// once per test process; returns the binary.
+    /// Builds `ballonet-guest` as guest images carry it (scripts/build-guest-agent.sh: one static
+    /// executable) in `.build-guest`, once per test process; returns the binary.
     public static func buildStaticAgent() throws -> URL {
         try agentBuild.get {
-            try runTool(swiftExecutable(), ["build", "-c", "release", "--static-swift-stdlib",
-                                           "--product", "ballonet-guest", "--scratch-path", scratchDirectory.path],
+            try runTool(URL(fileURLWithPath: "/bin/bash"), [packageRoot.appendingPathComponent("scripts/build-guest-agent.sh").path,
+                                                           scratchDirectory.path],
                         in: packageRoot, what: "building the static ballonet-guest")
             return scratchDirectory.appendingPathComponent("release/ballonet-guest")
         }
@@ -315,15 +315,6 @@ public enum GuestImage {
         try runTool(URL(fileURLWithPath: "/bin/bash"), [script.path, "--agent", agent.path, "--out", out.path],
                     in: packageRoot, what: "building the guest image")
         return (out.appendingPathComponent("vmlinuz"), out.appendingPathComponent("initramfs.cpio.gz"))
-    }
-
-    static func swiftExecutable() throws -> URL {
-        let directories = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
-            + ["/opt/swift/usr/bin"]
-        guard let swift = directories.lazy.map({ URL(fileURLWithPath: $0).appendingPathComponent("swift") })
-            .first(where: { FileManager.default.isExecutableFile(atPath: $0.path) })
-        else { throw TCGGuest.Failure("no swift on PATH or in /opt/swift/usr/bin") }
-        return swift
     }
 
     private static func runTool(_ executable: URL, _ arguments: [String], in directory: URL, what: String) throws {

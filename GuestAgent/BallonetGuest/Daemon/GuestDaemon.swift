@@ -53,26 +53,42 @@ public final class GuestDaemon {
     var reconnectDelayMillis: UInt64
     var nextConnectMillis: UInt64 = 0
     var nextSampleMillis: UInt64 = 0
-    var nextPressureCheckMillis: UInt64 = 0
+    /// When the pressure guard last looked, and how long until it looks again while the balloon is active
+    /// (set by that look: sooner near the floor or while memory falls fast).
+    var lastPressureCheckMillis: UInt64 = 0
+    var activeCheckIntervalMillis: UInt64 = GuestDaemon.idleCheckMillis
+    /// Look now: at start, and when the PSI trigger fired.
+    var pressureCheckRequested = true
     var lastAssessment = PressureAssessment(underPressure: false, reason: nil, inflationHeldBack: false)
     var availablePages: UInt64 = 0
     var inflationPausedUntilMillis: UInt64 = 0
     var stopping = false
     let signals: FileDescriptor
     let pressureTrigger: PressureTrigger?
+    /// MemAvailable for the checks between samples; nil when /proc/meminfo could not be opened (each check
+    /// then reads it whole, and a failed read counts as no memory available).
+    let memAvailableProbe: MemAvailableProbe?
 
-    /// How often the daemon looks at memory when nothing wakes it: once a second costs microseconds and
-    /// bounds how late a floor breach without a PSI stall is noticed.
+    /// How often the daemon looks at memory when nothing wakes it while the balloon holds pages the guest
+    /// could take back (or is about to pin some): once a second bounds how late a floor breach without a
+    /// PSI stall is noticed. A look reads MemAvailable alone, through `MemAvailableProbe`.
     static let idleCheckMillis: UInt64 = 1_000
+    /// How often while the balloon holds nothing to give back: a look could only log pressure and hold
+    /// back the next inflation, and a target that asks for more pages brings a fresh look first. Every
+    /// look costs guest CPU (under TCG about a millisecond), and most guests sit here most of the time.
+    static let restingCheckMillis: UInt64 = 10_000
     /// How often once MemAvailable is within twice the floor: a guest without swap can go from there to
     /// the OOM killer in well under a second when something allocates fast, so look ten times as often.
     static let nearFloorCheckMillis: UInt64 = 100
     /// How often while MemAvailable is falling by a batch or more between looks: something is allocating
     /// fast (at TCG speeds, hundreds of MiB a second), and only a prompt release keeps the OOM killer away.
     static let fallingCheckMillis: UInt64 = 10
-    /// The PSI trigger: wake when tasks stall on memory 100 ms within any 1 s window (the kernel's
-    /// minimum window is 500 ms; 10 % stall is where reclaim starts to hurt latency).
-    static let psiTrigger = "some 100000 1000000"
+    /// The PSI trigger's window: 1 s (the kernel takes 500 ms to 10 s). Its stall threshold is the
+    /// guard's avg10 threshold applied to the window (10 % gives 100 ms), so no avg10 can reach the
+    /// threshold without the trigger firing first: an average of 2 s periods is at or above it only
+    /// if one period was, and such a period holds a 1 s window at or above it. That is why the checks
+    /// between trigger events need not read PSI at all while there is no pressure.
+    static let psiTriggerWindowMicros: UInt64 = 1_000_000
 
     public init(settings: GuestDaemonSettings, logger: Logger) throws {
         self.settings = settings
@@ -91,7 +107,13 @@ public final class GuestDaemon {
         Self.prepareSystem(logger: logger)
         balloon = try BalloonFile(directory: settings.balloonDirectory, mountTmpfs: settings.mountTmpfs,
                                   hugePages: settings.hugePages, maxBatchPages: settings.limits.batchPages)
-        pressureTrigger = Self.openPressureTrigger(logger: logger)
+        pressureTrigger = Self.openPressureTrigger(thresholdHundredths: settings.pressure.psiSomeAvg10Threshold, logger: logger)
+        do {
+            memAvailableProbe = try MemAvailableProbe()
+        } catch {
+            logger.warning("cannot open /proc/meminfo: \(error); each pressure check will try to read it anew")
+            memAvailableProbe = nil
+        }
         adoptBalloon()
     }
 
@@ -129,11 +151,13 @@ public final class GuestDaemon {
         }
     }
 
-    static func openPressureTrigger(logger: Logger) -> PressureTrigger? {
+    static func openPressureTrigger(thresholdHundredths: UInt32, logger: Logger) -> PressureTrigger? {
+        // hundredths of a percent of the window; at least 1 µs (the kernel refuses 0).
+        let stallMicros = max(1, UInt64(thresholdHundredths) * psiTriggerWindowMicros / 10_000)
         do {
-            return try PressureTrigger(Self.psiTrigger)
+            return try PressureTrigger("some \(min(stallMicros, psiTriggerWindowMicros)) \(psiTriggerWindowMicros)")
         } catch {
-            logger.notice("no PSI trigger (\(error)); the pressure guard polls memory once a second instead")
+            logger.notice("no PSI trigger (\(error)); the pressure guard reads PSI at every check instead")
             return nil
         }
     }
@@ -164,7 +188,7 @@ public final class GuestDaemon {
         while !stopping {
             let now = Self.nowMillis()
             if port == nil && now >= nextConnectMillis { connect(now: now) }
-            if now >= nextPressureCheckMillis { checkPressure(now: now) }
+            if pressureCheckRequested || now >= pressureCheckDeadline() { checkPressure(now: now) }
             if now >= nextSampleMillis { sendSample(now: now) }
             perform(session.tick(nowMillis: now, ledger: &ledger))
             let worked = stepBalloon(now: now)
@@ -175,7 +199,7 @@ public final class GuestDaemon {
     }
 
     func nextWakeMillis(now: UInt64) -> UInt64 {
-        var wake = min(nextSampleMillis, nextPressureCheckMillis)
+        var wake = min(nextSampleMillis, pressureCheckDeadline())
         if port == nil { wake = min(wake, nextConnectMillis) }
         return wake > now ? wake - now : 0
     }
@@ -196,7 +220,7 @@ public final class GuestDaemon {
                 logger.notice("stopping on a signal: telling the host and releasing the balloon")
                 stopping = true
             } else if request.descriptor == pressureTrigger?.descriptor.rawValue {
-                nextPressureCheckMillis = 0  // check now
+                pressureCheckRequested = true
             } else if port != nil {
                 readFromHost()
             }
@@ -307,9 +331,9 @@ public final class GuestDaemon {
     /// One step of the balloon toward the target; true if it did something (so the loop comes straight back).
     func stepBalloon(now: UInt64) -> Bool {
         let connected = session.hostSession != nil && targetKnown
-        if connected && session.targetPages > ledger.pinnedPages, let meminfo = try? ProcFiles.meminfo() {
+        if connected && session.targetPages > ledger.pinnedPages, let available = try? readMemAvailable() {
             // Before each batch, what the kernel says now: the floor check must not run on a stale figure.
-            availablePages = meminfo.memAvailable / wirePageSize
+            availablePages = available / wirePageSize
         }
         let observation = BalloonObservation(
             targetPages: connected ? session.targetPages : ledger.pinnedPages,
@@ -381,14 +405,31 @@ public final class GuestDaemon {
 
     // MARK: Pressure and samples
 
+    /// When the guard looks next: on the active cadence while the balloon holds or is about to pin pages
+    /// the guest could need back, else at the resting one.
+    func pressureCheckDeadline() -> UInt64 {
+        let active = ledger.pinnedPages > 0 || (targetKnown && session.targetPages > ledger.pinnedPages)
+        return lastPressureCheckMillis + (active ? activeCheckIntervalMillis : Self.restingCheckMillis)
+    }
+
+    func readMemAvailable() throws -> UInt64 {
+        if let memAvailableProbe { return try memAvailableProbe.read() }
+        return try ProcFiles.meminfo().memAvailable
+    }
+
     func checkPressure(now: UInt64) {
-        let meminfo = try? ProcFiles.meminfo()
-        let psi = try? ProcFiles.memoryPressure()
+        // A trigger that fired, pressure already on, or no trigger at all: PSI must be read. Otherwise the
+        // trigger vouches that avg10 is under the threshold (see `psiTriggerWindowMicros`).
+        let readStall = pressureTrigger == nil || pressureCheckRequested || lastAssessment.underPressure
+        pressureCheckRequested = false
+        lastPressureCheckMillis = now
+        let psi = readStall ? try? ProcFiles.memoryPressure() : nil
         let previous = availablePages
-        availablePages = (meminfo?.memAvailable ?? 0) / wirePageSize
+        // Unreadable counts as nothing available: the guard then gives the balloon back.
+        availablePages = ((try? readMemAvailable()) ?? 0) / wirePageSize
         let falling = previous > availablePages && previous - availablePages >= settings.limits.batchPages
         let nearFloor = availablePages < 2 * settings.limits.floorPages
-        nextPressureCheckMillis = now + (falling ? Self.fallingCheckMillis : nearFloor ? Self.nearFloorCheckMillis : Self.idleCheckMillis)
+        activeCheckIntervalMillis = falling ? Self.fallingCheckMillis : nearFloor ? Self.nearFloorCheckMillis : Self.idleCheckMillis
         let assessment = pressure.assess(psiSomeAvg10: psi?.some?.avg10, availablePages: availablePages, nowMillis: now)
         if assessment.underPressure && !lastAssessment.underPressure {
             logger.warning("memory pressure: \(assessment.reason ?? "")")

@@ -2,7 +2,8 @@
  * ballonet-workload: memory workloads that the guest test image runs inside TCG guests.
  *
  *   ballonet-workload hold MIB [MIB_PER_S]         allocate and touch MIB MiB (at most MIB_PER_S a second, as an
- *                                                  application ramping up), print "held MIB MiB", keep it until killed
+ *                                                  application ramping up), print "held MIB MiB pid=PID
+ *                                                  seconds=S" (S: the time it took), keep it until killed
  *   ballonet-workload churn MIB SECONDS            re-touch MIB MiB for SECONDS, print the touch rate every second
  *   ballonet-workload pattern MIB SECONDS [SEED]   fill MIB MiB with a seeded pattern, re-verify it every second
  *   ballonet-workload keep MIB [SEED]              fill MIB MiB with the pattern, leave it untouched until SIGUSR1,
@@ -95,6 +96,7 @@ static int hold(uint64_t mib, uint64_t mib_per_second) {
         say("hold: cannot map %" PRIu64 " MiB: %s", mib, strerror(errno));
         return EXIT_ALLOCATION;
     }
+    const double start = now_seconds();
     if (mib_per_second == 0) {
         touch_pages(memory, mib * mebibyte, 1);
     } else {
@@ -107,7 +109,8 @@ static int hold(uint64_t mib, uint64_t mib_per_second) {
             nanosleep(&pause_for, NULL);
         }
     }
-    say("held %" PRIu64 " MiB pid=%ld", mib, (long)getpid());
+    /* seconds= is how long faulting in (and the kernel's zeroing) took: the bench's bare-allocation rate. */
+    say("held %" PRIu64 " MiB pid=%ld seconds=%.3f", mib, (long)getpid(), now_seconds() - start);
     for (;;) pause(); /* until a signal ends the process */
 }
 
