@@ -53,13 +53,19 @@ func kernelBalloon(_ guest: TCGGuest, toMiB targetMiB: UInt64) throws -> Double 
 
 /// Sets the agent's target and acknowledges every batch at once (as a host that reclaims instantly);
 /// returns the seconds until the balloon reports the target, and the page order of the batches.
-func agentBalloon(_ host: PeerConnection, session: UInt64, toPages target: UInt64) throws -> (seconds: Double, hugeBatches: Int, batches: Int) {
+func agentBalloon(_ guest: TCGGuest, _ host: PeerConnection, session: UInt64, toPages target: UInt64) throws -> (seconds: Double, hugeBatches: Int, batches: Int) {
     let start = ContinuousClock.now
     try host.send(.setTarget(SetTarget(balloonPages: target)))
     var size: UInt64 = .max, huge = 0, batches = 0
     while size != target {
-        let envelope = try host.next(timeout: .seconds(600)) {
-            switch $0 { case .inflateReport, .deflateReport: true; default: false }
+        let envelope: Envelope
+        do {
+            envelope = try host.next(timeout: .seconds(120)) {
+                switch $0 { case .inflateReport, .deflateReport: true; default: false }
+            }
+        } catch {
+            let said = try? guest.run("tail -n 20 /run/ballonet-guest.log; grep -E 'MemAvailable|Mlocked' /proc/meminfo; cat /proc/pressure/memory", timeout: 30).output
+            Benchmark.fail("the balloon stopped at \(size == .max ? "?" : "\(size / mib)") MiB on the way to \(target / mib) MiB (\(error)); the guest says:\n\(said ?? "nothing")")
         }
         switch envelope.message {
         case .inflateReport(let report):
@@ -75,14 +81,19 @@ func agentBalloon(_ host: PeerConnection, session: UInt64, toPages target: UInt6
     return (Benchmark.seconds(since: start), huge, batches)
 }
 
-/// Connects the host side first, then starts the agent: its hello then reaches a host that listens (a
-/// hello sent into a port nobody is connected to is lost, and this peer does not repeat its own).
-func startAgent(_ guest: TCGGuest, _ flags: String) throws -> (PeerConnection, UInt64) {
-    let host = try TestHostPeer.connect(toQEMUPort: guest.portSocketPath)
-    _ = try guest.run("ballonet-guest --log-level notice \(flags) > /run/ballonet-guest.log 2>&1 &", timeout: 30)
+/// Starts the agent and answers its hello. The host side stays connected from one agent to the next, as
+/// ballonet-host stays on a VM's port: a connection closed and opened again while the guest's port was
+/// closed left the next agent's hello undelivered (QEMU 7.2), which hung this bench.
+func startAgent(_ guest: TCGGuest, _ host: PeerConnection, _ flags: String) throws -> UInt64 {
+    _ = try guest.run("ballonet-guest --log-level info \(flags) > /run/ballonet-guest.log 2>&1 &", timeout: 30)
     let session = UInt64.random(in: 1...UInt64.max)
-    _ = try host.handshake(sessionID: session, timeout: .seconds(120))
-    return (host, session)
+    do {
+        _ = try host.handshake(sessionID: session, timeout: .seconds(60))
+    } catch {
+        let said = try? guest.run("cat /run/ballonet-guest.log; pidof ballonet-guest", timeout: 30).output
+        Benchmark.fail("ballonet-guest \(flags) did not say hello within 60 s (\(error)); the guest says:\n\(said ?? "nothing")")
+    }
+    return session
 }
 
 func stopAgent(_ guest: TCGGuest, _ host: PeerConnection) throws {
@@ -120,46 +131,75 @@ func describeIdle(_ idle: (percent: Double, user: UInt64, system: UInt64), secon
     String(format: "%.2f", idle.percent) + " % of one vCPU (\(idle.user + idle.system) ticks of 10 ms in \(seconds) s: \(idle.user) user, \(idle.system) system)"
 }
 
+/// The guest kernel alone doing what the agent's balloon asks of it: `ballonet-workload zero-fill` mlocks a
+/// file on a huge=advise tmpfs (faulting in and zeroing 2 MiB pages), timed in the guest. It also leaves the
+/// memory backed by the host, as in a guest that has run a while.
+func zeroFill(_ guest: TCGGuest, mib: UInt64) throws -> (rate: Double, hugeMiB: UInt64) {
+    let said = try guest.run("mkdir -p /run/zero-fill && (mountpoint -q /run/zero-fill || mount -t tmpfs -o size=100%,huge=advise zero-fill /run/zero-fill) "
+                             + "&& ballonet-workload zero-fill \(mib) /run/zero-fill", timeout: 300)
+    let fields = said.output.split(whereSeparator: { $0 == " " || $0 == "\n" })
+    func field(_ name: String) -> Substring? { fields.first { $0.hasPrefix(name + "=") }?.dropFirst(name.count + 1) }
+    guard said.status == 0, let seconds = field("seconds").flatMap({ Double($0) }), seconds > 0,
+          let huge = field("huge_mib").flatMap({ UInt64($0) }) else {
+        Benchmark.fail("zero-fill \(mib) failed: \(said.output)")
+    }
+    return (Double(mib) / seconds, huge)
+}
+
 guard getuid() == 0 else { Benchmark.fail("run as root: the agent mounts a tmpfs and pins pages") }
 print("# Guest agent benchmark")
 print()
-print("Ballonet \(BallonetVersion.software). Inflate \(balloonMiB) MiB of a \(guestMiB) MiB TCG guest (memfd-backed RAM, 1 vCPU) "
-      + "whose memory was touched first; the kernel's virtio-balloon and ballonet-guest in the same boot, one after the other. "
-      + "The host side of ballonet-guest acknowledges each batch at once (it reclaims nothing here), so the rates are the guest's own. "
-      + "Before each balloon the guest's workload touches \(balloonMiB) MiB and frees it; the time it takes is the rate at which "
-      + "this guest's kernel can hand out zeroed pages at all, the ceiling for any balloon whose pages it zeroes.")
+print("Ballonet \(BallonetVersion.software). Inflate \(balloonMiB) MiB of a \(guestMiB) MiB TCG guest (memfd-backed RAM, 1 vCPU); "
+      + "one boot per agent run, and in each boot, one after the other: the guest kernel alone mlocking \(balloonMiB) MiB of a file "
+      + "on a tmpfs in 2 MiB pages (`ballonet-workload zero-fill`: what the agent's balloon asks of the kernel, without the agent; "
+      + "it also leaves the guest's memory backed by the host), the kernel's virtio-balloon, the same zero-fill again, then "
+      + "ballonet-guest. The host side of ballonet-guest acknowledges each batch at once (it reclaims nothing here), so the rates "
+      + "are the guest's own. The zero-fill is the most a balloon that pins pages the guest kernel must zero can reach here.")
 print()
 
 let agentBinary = try GuestImage.buildStaticAgent()
 let image = try GuestImage.ensureBuilt(agent: agentBinary)
-let work = try TCGGuest.makeWorkDirectory(prefix: "bench-guest")
-let guest = try TCGGuest.boot(name: "bench-guest", memoryMiB: guestMiB, kernel: image.kernel, initramfs: image.initramfs,
-                              virtioBalloon: true, workDirectory: work)
-defer { guest.stop() }
-_ = try guest.waitUntilReady(timeout: 300)
-_ = try guest.run("modprobe virtio_balloon 2>/dev/null; true", timeout: 30)
-let binaryBytes = UInt64(try guest.run("wc -c < $(command -v ballonet-guest)", timeout: 30).output
-    .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-
-var rows: [(String, Double, Double, String)] = []
-var touchRates: [Double] = []
-touchRates.append(Double(balloonMiB) / (try guest.touchAndFree(megabytes: Int(balloonMiB))))
-let kernelInflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB) - balloonMiB)
-let kernelDeflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB))
-rows.append(("kernel virtio-balloon (QMP balloon)", Double(balloonMiB) / kernelInflate, Double(balloonMiB) / kernelDeflate, "4 KiB pages"))
-
 let idleSeconds = 60
 let heldMiB: UInt64 = 256
+var rows: [(boot: Int, name: String, inflate: Double, deflate: Double?, note: String)] = []
+var ratios: [String] = []
 var costLines: [String] = []
-for (name, flags) in [("ballonet-guest, 2 MiB pages (default)", ""), ("ballonet-guest, 4 KiB pages (--no-huge-pages)", "--no-huge-pages")] {
-    touchRates.append(Double(balloonMiB) / (try guest.touchAndFree(megabytes: Int(balloonMiB))))
-    let (host, session) = try startAgent(guest, flags)
-    let inflate = try agentBalloon(host, session: session, toPages: balloonMiB * mib)
-    let deflate = try agentBalloon(host, session: session, toPages: 0)
-    rows.append((name, Double(balloonMiB) / inflate.seconds, Double(balloonMiB) / deflate.seconds,
-                 "\(inflate.hugeBatches) of \(inflate.batches) batches in 2 MiB pages"))
+// BENCH_GUEST_AGENTS=4k runs only the 4 KiB agent (=2m only the default one); both by default.
+let agentRuns = [("2m", "ballonet-guest, 2 MiB pages (default)", ""), ("4k", "ballonet-guest, 4 KiB pages (--no-huge-pages)", "--no-huge-pages")]
+    .filter { (ProcessInfo.processInfo.environment["BENCH_GUEST_AGENTS"] ?? "2m,4k").split(separator: ",").contains(Substring($0.0)) }
+for (boot, (_, name, flags)) in agentRuns.enumerated().map({ ($0.offset + 1, $0.element) }) {
+    // A boot of its own for each agent: a second agent in a guest where the first had run (and the guest
+    // had then faulted in 768 MiB again) stalled twice in this bench, with the guest idle, until its
+    // console was typed into; the cause was not found (see the guest issue's note).
+    let work = try TCGGuest.makeWorkDirectory(prefix: "bench-guest")
+    let guest = try TCGGuest.boot(name: "bench-guest", memoryMiB: guestMiB, kernel: image.kernel, initramfs: image.initramfs,
+                                  virtioBalloon: true, workDirectory: work)
+    defer { guest.stop() }
+    _ = try guest.waitUntilReady(timeout: 300)
+    _ = try guest.run("modprobe virtio_balloon 2>/dev/null; true", timeout: 30)
+
+    let firstFill = try zeroFill(guest, mib: balloonMiB)
+    let kernelInflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB) - balloonMiB)
+    let kernelDeflate = try kernelBalloon(guest, toMiB: UInt64(guestMiB))
+    let kernelRate = Double(balloonMiB) / kernelInflate
+    let secondFill = try zeroFill(guest, mib: balloonMiB)
+    let fillRate = max(firstFill.rate, secondFill.rate)
+    rows.append((boot, "the guest kernel alone: mlock of a tmpfs file (zero-fill), best of 2 (\(String(format: "%.0f", min(firstFill.rate, secondFill.rate))) the other)",
+                 fillRate, nil, "\(min(firstFill.hugeMiB, secondFill.hugeMiB)) MiB or more of \(balloonMiB) in 2 MiB pages"))
+    rows.append((boot, "kernel virtio-balloon (QMP balloon)", kernelRate, Double(balloonMiB) / kernelDeflate, "4 KiB pages"))
+
+    let host = try TestHostPeer.connect(toQEMUPort: guest.portSocketPath)
+    let session = try startAgent(guest, host, flags)
+    let inflate = try agentBalloon(guest, host, session: session, toPages: balloonMiB * mib)
+    let deflate = try agentBalloon(guest, host, session: session, toPages: 0)
+    let agentRate = Double(balloonMiB) / inflate.seconds
+    rows.append((boot, name, agentRate, Double(balloonMiB) / deflate.seconds, "\(inflate.hugeBatches) of \(inflate.batches) batches in 2 MiB pages"))
+    ratios.append("boot \(boot): \(name) \(String(format: "%.1f", agentRate / kernelRate))× the kernel balloon's inflate rate; "
+                  + "the zero-fill \(String(format: "%.1f", fillRate / kernelRate))×, the agent \(String(format: "%.0f", agentRate / fillRate * 100)) % of the zero-fill")
     if flags.isEmpty {
         // The agent's own cost, measured on the default agent after a balloon cycle, connected.
+        let binaryBytes = UInt64(try guest.run("wc -c < $(command -v ballonet-guest)", timeout: 30).output
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         let status = try guest.run("cat /proc/$(pidof ballonet-guest)/status", timeout: 30).output
         // Everything resident but the balloon (the only memory the agent locks); the binary's own pages
         // count too, as they live in the initramfs's RAM.
@@ -172,31 +212,27 @@ for (name, flags) in [("ballonet-guest, 2 MiB pages (default)", ""), ("ballonet-
         let empty = try idleCPU(guest, host, seconds: idleSeconds)
         costLines.append("Agent CPU while idle, connected, balloon empty (sampling every 10 s, a memory check every 10 s): "
             + describeIdle(empty, seconds: idleSeconds) + "; goal ≤ 0.2 %.")
-        _ = try agentBalloon(host, session: session, toPages: heldMiB * mib)
+        _ = try agentBalloon(guest, host, session: session, toPages: heldMiB * mib)
         _ = try host.collect(for: .seconds(5))
         let holding = try idleCPU(guest, host, seconds: idleSeconds)
         costLines.append("Agent CPU while idle, connected, holding a \(heldMiB) MiB balloon (sampling every 10 s, a memory check every second): "
             + describeIdle(holding, seconds: idleSeconds) + "; goal ≤ 0.2 %.")
-        _ = try agentBalloon(host, session: session, toPages: 0)
+        _ = try agentBalloon(guest, host, session: session, toPages: 0)
     }
     let log = try guest.run("grep -v ' info ' /run/ballonet-guest.log | tail -n 12", timeout: 30).output
     FileHandle.standardError.write(Data("--- \(name): agent log (notices and worse)\n\(log)\n".utf8))
     try stopAgent(guest, host)
 }
 
-let touchRate = touchRates.sorted()[touchRates.count / 2]
-print("| balloon | inflate MiB/s | deflate MiB/s | pages |")
-print("| --- | ---: | ---: | --- |")
-print("| none: the workload touching \(balloonMiB) MiB (median of \(touchRates.count)) | \(String(format: "%.0f", touchRate)) | | "
-      + touchRates.map { String(format: "%.0f", $0) }.joined(separator: ", ") + " MiB/s |")
+print("| boot | balloon | inflate MiB/s | deflate MiB/s | pages |")
+print("| ---: | --- | ---: | ---: | --- |")
 for row in rows {
-    print("| \(row.0) | \(String(format: "%.0f", row.1)) | \(String(format: "%.0f", row.2)) | \(row.3) |")
+    print("| \(row.boot) | \(row.name) | \(String(format: "%.0f", row.inflate)) | \(row.deflate.map { String(format: "%.0f", $0) } ?? "") | \(row.note) |")
 }
-let kernelRate = rows[0].1
 print()
-print("Inflate against the kernel's: " + rows.dropFirst().map { "\($0.0): \(String(format: "%.1f", $0.1 / kernelRate))×" }.joined(separator: "; ")
-      + ". The workload's touch rate against the kernel balloon's: \(String(format: "%.1f", touchRate / kernelRate))×, "
-      + "the most any balloon that has the guest kernel zero its pages can reach here.")
+for line in ratios {
+    print("- " + line + ".")
+}
 print()
 for line in costLines {
     print(line)

@@ -8,6 +8,15 @@ import Testing
     /// Plenty of MemAvailable: 1 GiB.
     static let plenty: UInt64 = 262_144
 
+    /// The PSI trigger wakes the guard when a 1 s window holds the avg10 threshold's share of stall, so
+    /// avg10 cannot reach the threshold unseen between the checks that skip reading PSI.
+    @Test func thePSITriggerIsTheThresholdAppliedToAOneSecondWindow() {
+        #expect(GuestDaemon.psiTrigger(thresholdHundredths: 1000) == "some 100000 1000000")
+        #expect(GuestDaemon.psiTrigger(thresholdHundredths: 1) == "some 100 1000000")
+        #expect(GuestDaemon.psiTrigger(thresholdHundredths: 10_000) == "some 1000000 1000000")
+        #expect(GuestDaemon.psiTrigger(thresholdHundredths: 0) == "some 1 1000000", "the kernel refuses a 0 µs stall")
+    }
+
     @Test func quietGuestIsNotUnderPressure() {
         var guardian = PressureGuard(settings: Self.settings)
         let assessment = guardian.assess(psiSomeAvg10: 999, availablePages: Self.plenty, nowMillis: 0)

@@ -6,8 +6,8 @@
 #
 #   boot-check.sh --agent PATH/TO/ballonet-guest [--out DIR] [--memory MIB] [--timeout SECONDS]
 #
-# The agent must be built with --static-swift-stdlib (the image carries glibc and libstdc++, not the
-# Swift runtime). The console is a pair of FIFOs here (QEMU's `pipe` chardev), which bash can talk to
+# Build the agent with scripts/build-guest-agent.sh (one static executable; the image copies in whatever
+# shared libraries a dynamically linked agent needs, but never the Swift runtime). The console is a pair of FIFOs here (QEMU's `pipe` chardev), which bash can talk to
 # without socat; TCGGuest uses a UNIX socket instead.
 set -euo pipefail
 

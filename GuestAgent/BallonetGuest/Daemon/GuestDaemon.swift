@@ -151,11 +151,17 @@ public final class GuestDaemon {
         }
     }
 
-    static func openPressureTrigger(thresholdHundredths: UInt32, logger: Logger) -> PressureTrigger? {
-        // hundredths of a percent of the window; at least 1 µs (the kernel refuses 0).
+    /// What is written to /proc/pressure/memory for an avg10 threshold of `thresholdHundredths` (hundredths
+    /// of a percent): "some <stall µs> <window µs>", the stall being that share of the window, at least
+    /// 1 µs (the kernel refuses 0) and at most the window.
+    public static func psiTrigger(thresholdHundredths: UInt32) -> String {
         let stallMicros = max(1, UInt64(thresholdHundredths) * psiTriggerWindowMicros / 10_000)
+        return "some \(min(stallMicros, psiTriggerWindowMicros)) \(psiTriggerWindowMicros)"
+    }
+
+    static func openPressureTrigger(thresholdHundredths: UInt32, logger: Logger) -> PressureTrigger? {
         do {
-            return try PressureTrigger("some \(min(stallMicros, psiTriggerWindowMicros)) \(psiTriggerWindowMicros)")
+            return try PressureTrigger(psiTrigger(thresholdHundredths: thresholdHundredths))
         } catch {
             logger.notice("no PSI trigger (\(error)); the pressure guard reads PSI at every check instead")
             return nil

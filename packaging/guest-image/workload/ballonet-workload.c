@@ -4,6 +4,9 @@
  *   ballonet-workload hold MIB [MIB_PER_S]         allocate and touch MIB MiB (at most MIB_PER_S a second, as an
  *                                                  application ramping up), print "held MIB MiB pid=PID
  *                                                  seconds=S" (S: the time it took), keep it until killed
+ *   ballonet-workload zero-fill MIB DIRECTORY      mlock MIB MiB of a file on the tmpfs DIRECTORY in 2 MiB pages, as a
+ *                                                  balloon does, print "zero-fill MIB MiB seconds=S huge_mib=H" (H of it
+ *                                                  in 2 MiB pages) and exit
  *   ballonet-workload churn MIB SECONDS            re-touch MIB MiB for SECONDS, print the touch rate every second
  *   ballonet-workload pattern MIB SECONDS [SEED]   fill MIB MiB with a seeded pattern, re-verify it every second
  *   ballonet-workload keep MIB [SEED]              fill MIB MiB with the pattern, leave it untouched until SIGUSR1,
@@ -28,6 +31,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -57,6 +61,7 @@ static void say(const char *format, ...) {
 static int usage(void) {
     fprintf(stderr,
             "usage: ballonet-workload hold MIB [MIB_PER_S]\n"
+            "       ballonet-workload zero-fill MIB TMPFS_DIRECTORY\n"
             "       ballonet-workload churn MIB SECONDS\n"
             "       ballonet-workload pattern MIB SECONDS [SEED]\n"
             "       ballonet-workload keep MIB [SEED]\n"
@@ -112,6 +117,49 @@ static int hold(uint64_t mib, uint64_t mib_per_second) {
     /* seconds= is how long faulting in (and the kernel's zeroing) took: the bench's bare-allocation rate. */
     say("held %" PRIu64 " MiB pid=%ld seconds=%.3f", mib, (long)getpid(), now_seconds() - start);
     for (;;) pause(); /* until a signal ends the process */
+}
+
+/* ShmemPmdMapped of this process from /proc/self/smaps_rollup (tmpfs memory mapped as 2 MiB pages), in KiB;
+ * 0 if it cannot be read. */
+static uint64_t shmem_huge_kib(void) {
+    FILE *rollup = fopen("/proc/self/smaps_rollup", "r");
+    if (rollup == NULL) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, rollup) != NULL) {
+        if (sscanf(line, "ShmemPmdMapped: %llu kB", &kib) == 1) break;
+    }
+    fclose(rollup);
+    return kib;
+}
+
+/* What a balloon pinning 2 MiB pages asks of the guest kernel, without the balloon: a file on a tmpfs in
+ * DIRECTORY (mounted huge=advise or huge=always), mapped shared, advised MADV_HUGEPAGE and mlocked, which
+ * faults in and zeroes every page; timed, then unmapped and removed, which frees the pages again. */
+static int zero_fill(uint64_t mib, const char *directory) {
+    const size_t bytes = mib * mebibyte;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/zero-fill-%ld", directory, (long)getpid()) >= (int)sizeof path) return usage();
+    int file = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (file < 0 || ftruncate(file, (off_t)bytes) != 0) {
+        say("zero-fill: cannot make %s of %" PRIu64 " MiB: %s", path, mib, strerror(errno));
+        return EXIT_ALLOCATION;
+    }
+    unlink(path); /* freed with the last reference, whatever happens below */
+    unsigned char *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, file, 0);
+    if (memory == MAP_FAILED) {
+        say("zero-fill: cannot map %" PRIu64 " MiB: %s", mib, strerror(errno));
+        return EXIT_ALLOCATION;
+    }
+    if (madvise(memory, bytes, MADV_HUGEPAGE) != 0) say("zero-fill: MADV_HUGEPAGE: %s (4 KiB pages then)", strerror(errno));
+    const double start = now_seconds();
+    if (mlock(memory, bytes) != 0) {
+        say("zero-fill: cannot lock %" PRIu64 " MiB: %s", mib, strerror(errno));
+        return EXIT_ALLOCATION;
+    }
+    const double seconds = now_seconds() - start;
+    say("zero-fill %" PRIu64 " MiB seconds=%.3f huge_mib=%" PRIu64, mib, seconds, shmem_huge_kib() / 1024);
+    return EXIT_SUCCESS;
 }
 
 static int churn(uint64_t mib, uint64_t seconds) {
@@ -278,6 +326,10 @@ int main(int argc, char **argv) {
         uint64_t mib = parse_count(argv[2], max_mib);
         uint64_t rate = argc == 4 ? parse_count(argv[3], max_mib) : 0;
         return mib && (argc == 3 || rate) ? hold(mib, rate) : usage();
+    }
+    if (strcmp(command, "zero-fill") == 0 && argc == 4) {
+        uint64_t mib = parse_count(argv[2], max_mib);
+        return mib ? zero_fill(mib, argv[3]) : usage();
     }
     if (strcmp(command, "churn") == 0 && argc == 4) {
         uint64_t mib = parse_count(argv[2], max_mib), seconds = parse_count(argv[3], max_seconds);
