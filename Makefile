@@ -70,8 +70,9 @@ bench-wire:
 	@mkdir -p docs/benchmarks
 	.build/release/ballonet-bench-wire | tee docs/benchmarks/wire.md
 
-## bench-guest: the agent's balloon against the kernel's virtio-balloon in one TCG guest, and what the
-## agent costs; keeps its report in docs/benchmarks/guest.md. Needs root (installs QEMU via deps).
+## bench-guest: the agent's balloon against the kernel's virtio-balloon and the guest kernel's own pinning
+## rate (a TCG guest per agent run), and what the agent costs; keeps its report in docs/benchmarks/guest.md,
+## about 8 minutes. Needs root (installs QEMU via deps). BENCH_GUEST_AGENTS=2m or 4k runs one agent.
 ## bench-inflate: Ballonet (ballonet-guest + ballonet-host) against the kernel's virtio-balloon, 768 MiB of a
 ## 1 GiB TCG guest each, in one boot; report in docs/benchmarks/inflate.md.
 bench-inflate: deps
