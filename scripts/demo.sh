@@ -26,7 +26,7 @@ bash scripts/install-deps.sh
 echo "== building ballonet-host, ballonetctl and the static ballonet-guest"
 swift build --product ballonet-host >/dev/null
 swift build --product ballonetctl >/dev/null
-bash scripts/build-guest-agent.sh .build-guest >/dev/null 2>&1
+guest_build_log=$(bash scripts/build-guest-agent.sh .build-guest 2>&1) || { echo "$guest_build_log" >&2; exit 1; }
 echo "== building the guest image (cached after the first time)"
 bash packaging/guest-image/build-initramfs.sh --agent .build-guest/release/ballonet-guest --out .build-guest/guest-image >/dev/null
 bin=$(swift build --show-bin-path)

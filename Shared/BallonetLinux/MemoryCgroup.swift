@@ -35,10 +35,10 @@ public struct MemoryCgroup: Equatable, Sendable, CustomStringConvertible {
         guard let bytes = try? FileSystem.readFile(mountinfo, maxBytes: maximumTableBytes) else { return nil }
         var unified: String?
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
-            // "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory": the
-            // optional fields end at a lone "-" (paths have their spaces escaped as \040).
+            // "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory": six fixed
+            // fields, optional ones, a lone "-" (paths have their spaces escaped as \040), then three more.
             let fields = line.split(separator: " ")
-            guard let dash = fields.firstIndex(of: "-"), dash >= 5, fields.count >= dash + 4 else { continue }
+            guard let dash = fields.indices.dropFirst(6).first(where: { fields[$0] == "-" }), fields.count >= dash + 4 else { continue }
             let mountPoint = String(fields[4]), fileSystem = fields[dash + 1], superOptions = fields[dash + 3]
             if fileSystem == "cgroup", superOptions.split(separator: ",").contains("memory") { return (mountPoint, .v1) }
             if fileSystem == "cgroup2" { unified = mountPoint }
