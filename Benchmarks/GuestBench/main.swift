@@ -82,9 +82,8 @@ func agentBalloon(_ guest: TCGGuest, _ host: PeerConnection, session: UInt64, to
     return (Benchmark.seconds(since: start), huge, batches)
 }
 
-/// Starts the agent and answers its hello. The host side stays connected from one agent to the next, as
-/// ballonet-host stays on a VM's port: a connection closed and opened again while the guest's port was
-/// closed left the next agent's hello undelivered (QEMU 7.2), which hung this bench.
+/// Starts the agent and answers its hello; the host side is connected first, as ballonet-host is when an
+/// agent starts. Fails with the agent's log instead of waiting on.
 func startAgent(_ guest: TCGGuest, _ host: PeerConnection, _ flags: String) throws -> UInt64 {
     _ = try guest.run("ballonet-guest --log-level info \(flags) > /run/ballonet-guest.log 2>&1 &", timeout: 30)
     let session = UInt64.random(in: 1...UInt64.max)
@@ -169,9 +168,9 @@ var costLines: [String] = []
 let agentRuns = [("2m", "ballonet-guest, 2 MiB pages (default)", ""), ("4k", "ballonet-guest, 4 KiB pages (--no-huge-pages)", "--no-huge-pages")]
     .filter { (ProcessInfo.processInfo.environment["BENCH_GUEST_AGENTS"] ?? "2m,4k").split(separator: ",").contains(Substring($0.0)) }
 for (boot, (_, name, flags)) in agentRuns.enumerated().map({ ($0.offset + 1, $0.element) }) {
-    // A boot of its own for each agent: a second agent in a guest where the first had run (and the guest
-    // had then faulted in 768 MiB again) stalled twice in this bench, with the guest idle, until its
-    // console was typed into; the cause was not found (see the guest issue's note).
+    // A boot of its own for each agent: a second agent run in a guest where the first had run stalled three
+    // times in this bench, with the guest idle (vCPU halted) until its console was typed into, at the
+    // handshake, the inflate or the workload before it; the cause was not found (see the guest issue's note).
     let work = try TCGGuest.makeWorkDirectory(prefix: "bench-guest")
     let guest = try TCGGuest.boot(name: "bench-guest", memoryMiB: guestMiB, kernel: image.kernel, initramfs: image.initramfs,
                                   virtioBalloon: true, workDirectory: work)

@@ -22,23 +22,15 @@ extension TCGGuest {
     }
 
     /// Has the guest's workload touch `megabytes` of memory and free it again, so the host backs it (as
-    /// in a guest that has run a while) before a balloon takes it. Returns the seconds the touching took,
-    /// as the workload timed it in the guest.
-    @discardableResult
-    public func touchAndFree(megabytes: Int, timeout: TimeInterval = 300) throws -> Double {
+    /// in a guest that has run a while) before a balloon takes it.
+    public func touchAndFree(megabytes: Int, timeout: TimeInterval = 300) throws {
         // A workload that dies before it holds the memory (the guest's OOM killer) fails the call with what
         // the guest said, instead of leaving the loop waiting for a line that never comes.
         let run = try run("ballonet-workload hold \(megabytes) > /tmp/touch.log 2>&1 & p=$!; held=1; "
                           + "until grep -q held /tmp/touch.log; do if ! kill -0 $p 2>/dev/null; then held=0; break; fi; sleep 0.2; done; "
-                          + "if [ $held = 1 ]; then kill $p; wait $p; grep held /tmp/touch.log; true; else cat /tmp/touch.log; free -m; dmesg | tail -n 5; false; fi",
+                          + "if [ $held = 1 ]; then kill $p; wait $p; true; else cat /tmp/touch.log; free -m; dmesg | tail -n 5; false; fi",
                           timeout: timeout)
         guard run.status == 0 else { throw Failure("touching \(megabytes) MiB of guest memory failed: \(run.output)") }
-        // "held 768 MiB pid=123 seconds=0.640"
-        guard let field = run.output.split(whereSeparator: { $0 == " " || $0 == "\n" }).first(where: { $0.hasPrefix("seconds=") }),
-              let seconds = Double(field.dropFirst("seconds=".count)) else {
-            throw Failure("the workload did not say how long touching \(megabytes) MiB took: \(run.output)")
-        }
-        return seconds
     }
 
     /// A number field of a QMP answer (`"actual": 1073741824`), for query-balloon and the like.

@@ -2,8 +2,7 @@
  * ballonet-workload: memory workloads that the guest test image runs inside TCG guests.
  *
  *   ballonet-workload hold MIB [MIB_PER_S]         allocate and touch MIB MiB (at most MIB_PER_S a second, as an
- *                                                  application ramping up), print "held MIB MiB pid=PID
- *                                                  seconds=S" (S: the time it took), keep it until killed
+ *                                                  application ramping up), print "held MIB MiB", keep it until killed
  *   ballonet-workload zero-fill MIB DIRECTORY      mlock MIB MiB of a file on the tmpfs DIRECTORY in 2 MiB pages, as a
  *                                                  balloon does, print "zero-fill MIB MiB seconds=S huge_mib=H" (H of it
  *                                                  in 2 MiB pages) and exit
@@ -61,7 +60,7 @@ static void say(const char *format, ...) {
 static int usage(void) {
     fprintf(stderr,
             "usage: ballonet-workload hold MIB [MIB_PER_S]\n"
-            "       ballonet-workload zero-fill MIB TMPFS_DIRECTORY\n"
+            "       ballonet-workload zero-fill MIB DIRECTORY\n"
             "       ballonet-workload churn MIB SECONDS\n"
             "       ballonet-workload pattern MIB SECONDS [SEED]\n"
             "       ballonet-workload keep MIB [SEED]\n"
@@ -101,7 +100,6 @@ static int hold(uint64_t mib, uint64_t mib_per_second) {
         say("hold: cannot map %" PRIu64 " MiB: %s", mib, strerror(errno));
         return EXIT_ALLOCATION;
     }
-    const double start = now_seconds();
     if (mib_per_second == 0) {
         touch_pages(memory, mib * mebibyte, 1);
     } else {
@@ -114,8 +112,7 @@ static int hold(uint64_t mib, uint64_t mib_per_second) {
             nanosleep(&pause_for, NULL);
         }
     }
-    /* seconds= is how long faulting in (and the kernel's zeroing) took: the bench's bare-allocation rate. */
-    say("held %" PRIu64 " MiB pid=%ld seconds=%.3f", mib, (long)getpid(), now_seconds() - start);
+    say("held %" PRIu64 " MiB pid=%ld", mib, (long)getpid());
     for (;;) pause(); /* until a signal ends the process */
 }
 
@@ -141,11 +138,11 @@ static int zero_fill(uint64_t mib, const char *directory) {
     char path[4096];
     if (snprintf(path, sizeof path, "%s/zero-fill-%ld", directory, (long)getpid()) >= (int)sizeof path) return usage();
     int file = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (file >= 0) unlink(path); /* freed with the last reference, whatever happens below */
     if (file < 0 || ftruncate(file, (off_t)bytes) != 0) {
         say("zero-fill: cannot make %s of %" PRIu64 " MiB: %s", path, mib, strerror(errno));
         return EXIT_ALLOCATION;
     }
-    unlink(path); /* freed with the last reference, whatever happens below */
     unsigned char *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, file, 0);
     if (memory == MAP_FAILED) {
         say("zero-fill: cannot map %" PRIu64 " MiB: %s", mib, strerror(errno));
