@@ -86,9 +86,13 @@ public enum KSMControl {
         return String(text[text.index(after: open)..<close])
     }
 
-    /// Writes one setting ("run", "pages_to_scan", "advisor_mode", ...).
+    /// Writes one setting ("run", "pages_to_scan", "advisor_mode", ...), in one write, truncating as
+    /// `echo value > file` does: sysfs takes the write as the value, and a copy of the directory (tests)
+    /// then holds it alone too.
     public static func write(_ name: String, _ value: String, directory: String = directory) throws(SystemCallError) {
-        try FileSystem.writeFile(directory + "/" + name, value)
+        let file = try FileDescriptor.open(directory + "/" + name, .writeOnly, options: [.truncate])
+        try file.write(all: Array(value.utf8))
+        try file.close()
     }
 
     /// The raw text of one setting, to put back later ("[none] scan-time" is kept as "none").

@@ -85,7 +85,8 @@ public final class HostEngine: @unchecked Sendable {
         settings = try VMSettingsFile.load(path: configuration.settingsFile)
         control = try ControlServer(path: configuration.effectiveControlSocket, logger: logger)
         let metricsServer = configuration.metricsAddress.isEmpty ? nil : try MetricsServer(address: configuration.metricsAddress, logger: logger)
-        sharing = SharingController(settings: configuration.sharing, logger: logger)
+        sharing = SharingController(settings: configuration.sharing, logger: logger,
+                                    originalsFile: configuration.stateDirectory + "/ksm-settings-to-restore")
         for inventory in inventories {
             inventory.setWake { [weak self] in self?.wakeLoop() }
             for endpoint in try inventory.endpoints(logger: logger) { add(endpoint) }

@@ -34,8 +34,17 @@ public struct SharingStatus: Codable, Equatable, Sendable {
 
 /// Carries out `SharingPolicy`'s decisions on /sys/kernel/mm/ksm and measures ksmd. It is the only writer of
 /// KSM's settings; what it changed it puts back when the agent exits (`restore`).
+///
+/// The settings to put back are also kept in a file in the state directory from the moment the agent first
+/// changes KSM until it has put them back. An agent killed in between (kill -9, a crash) leaves the file,
+/// and the next agent puts those settings back as it starts; without it, the next agent would take the dead
+/// one's settings for the operator's. /run is a tmpfs, and KSM's settings do not survive a reboot either.
 final class SharingController {
     let settings: SharingSettings
+    /// /sys/kernel/mm/ksm; tests point it at a copy.
+    let ksmDirectory: String
+    /// Where the settings to put back are kept while the agent has KSM changed; nil: nowhere.
+    let originalsFile: String?
     private var logger: Logger
     private var memory = SharingPolicy.Memory()
     private let ksmdProcessID: Int32?
@@ -55,25 +64,83 @@ final class SharingController {
     /// advisor_mode resets pages_to_scan, and pages_to_scan cannot be written while an advisor runs).
     static let restoredFiles = ["advisor_mode", "advisor_max_cpu", "advisor_target_scan_time", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "run"]
 
+    /// The originals file holds one `name=value` line per restored file: about 150 bytes. 4 KiB bounds a
+    /// file that is something else.
+    static let originalsFileMaxBytes = 4096
+    /// A KSM setting is a number or a word ("scan-time"); 32 bytes bound one read back from the file.
+    static let originalValueMaxBytes = 32
+
     /// nil when the kernel has no KSM.
-    init?(settings: SharingSettings, logger: Logger) {
-        guard KSMControl.isAvailable else { return nil }
+    init?(settings: SharingSettings, logger: Logger, originalsFile: String?, ksmDirectory: String = KSMControl.directory) {
+        guard (try? FileSystem.status(ofPath: ksmDirectory + "/run")) != nil else { return nil }
         self.settings = settings
+        self.ksmDirectory = ksmDirectory
+        self.originalsFile = originalsFile
         var logger = logger
         logger[metadataKey: "mechanism"] = "ksm"
         self.logger = logger
         ksmdProcessID = KSMDaemon.processID()
         if settings.steerKSM {
-            for name in Self.restoredFiles {
-                if let value = KSMControl.savedValue(name) { original.append((name, value)) }
+            if let left = readOriginals() {
+                // An earlier agent changed KSM and never put it back: do it now, before reading "the originals".
+                original = left
+                tookOver = true
+                restore(why: "left changed by a ballonet-host that did not stop cleanly (\(originalsFile ?? ""))")
+                original = []
+                tookOver = false
             }
+            for name in Self.restoredFiles {
+                if let value = KSMControl.savedValue(name, directory: ksmDirectory) { original.append((name, value)) }
+            }
+        }
+    }
+
+    /// The settings an earlier agent kept and did not put back; nil when there is no file. A file that does
+    /// not read as one is reported and removed.
+    private func readOriginals() -> [(name: String, value: String)]? {
+        guard let path = originalsFile, FileSystem.exists(path) else { return nil }
+        let bytes: [UInt8]
+        do {
+            bytes = try FileSystem.readFile(path, maxBytes: Self.originalsFileMaxBytes)
+        } catch {
+            logger.warning("cannot read the KSM settings an earlier ballonet-host kept in \(path): \(error); KSM is left as it is")
+            try? FileSystem.removeFile(path)
+            return nil
+        }
+        var settings: [(name: String, value: String)] = []
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = String(parts[0]), value = parts.count == 2 ? String(parts[1]) : ""
+            guard Self.restoredFiles.contains(name), !settings.contains(where: { $0.name == name }),
+                  (1...Self.originalValueMaxBytes).contains(value.utf8.count),
+                  value.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D || $0 == 0x5F }) else {
+                logger.warning("ignoring \(path): line '\(line.prefix(64))' is not a KSM setting Ballonet keeps; KSM is left as it is")
+                try? FileSystem.removeFile(path)
+                return nil
+            }
+            settings.append((name, value))
+        }
+        // Put back in restoredFiles' order, whatever the file's.
+        return Self.restoredFiles.compactMap { name in settings.first { $0.name == name } }
+    }
+
+    /// Keeps the settings to put back in `originalsFile`, before the agent first changes KSM.
+    private func saveOriginals() {
+        guard let path = originalsFile else { return }
+        let text = original.map { "\($0.name)=\($0.value)\n" }.joined()
+        do {
+            let directory = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)])
+            if !directory.isEmpty { try FileSystem.makeDirectory(directory, permissions: 0o755, orExisting: true) }
+            try FileSystem.replaceFile(path, Array(text.utf8), permissions: 0o644)
+        } catch {
+            logger.warning("cannot keep KSM's settings in \(path): \(error); if ballonet-host is killed, they stay as it left them")
         }
     }
 
     /// One round: measure, decide, write what changed. `mergeableBytes` and `pendingZeroMergeBytes` come from
     /// the VMs' figures, `state` from the memory policy's round.
     func round(elapsedMillis: UInt64, state: FreeMemoryState, mergeableBytes: UInt64, pendingZeroMergeBytes: UInt64) {
-        guard let figures = try? KSMControl.read() else { return }
+        guard let figures = try? KSMControl.read(directory: ksmDirectory) else { return }
         let cpu = ksmdProcessID.flatMap { try? KSMDaemon.cpuNanoseconds(of: $0) }
         let cpuDelta = cpu.flatMap { now in lastCPUNanos.map { now > $0 ? now - $0 : 0 } } ?? 0
         if startCPUNanos == nil { startCPUNanos = cpu }
@@ -92,7 +159,7 @@ final class SharingController {
             lastDecision = made.0
         }
         // What ksmd runs with now: read again only when this round changed it.
-        let current = wrote ? (try? KSMControl.read()) ?? figures : figures
+        let current = wrote ? (try? KSMControl.read(directory: ksmDirectory)) ?? figures : figures
         let cpuPercent = elapsedMillis > 0 && lastCPUNanos != nil ? Double(cpuDelta) / 1e6 / Double(elapsedMillis) * 100 : nil
         status = SharingStatus(
             steering: settings.steerKSM, running: current.run == 1,
@@ -113,6 +180,7 @@ final class SharingController {
     /// Returns whether it wrote any.
     private func apply(_ decision: SharingPolicy.Decision, figures: KSMFigures) -> Bool {
         guard tookOver || decision.running else { return false }
+        if !tookOver { saveOriginals() }
         tookOver = true
         var writes: [(String, String)] = []
         if figures.useZeroPages == false && decision.running { writes.append(("use_zero_pages", "1")) }
@@ -133,7 +201,7 @@ final class SharingController {
         if figures.run != run { writes.append(("run", "\(run)")) }
         for (name, value) in writes {
             do {
-                try KSMControl.write(name, value)
+                try KSMControl.write(name, value, directory: ksmDirectory)
             } catch {
                 if !warnedWrite {
                     warnedWrite = true
@@ -154,21 +222,23 @@ final class SharingController {
         return !writes.isEmpty
     }
 
-    /// Puts back every KSM setting the agent changed (merged pages stay merged).
-    func restore() {
+    /// Puts back every KSM setting the agent changed (merged pages stay merged). Once all are back, the kept
+    /// copy goes; if some could not be, it stays for the next agent to try.
+    func restore(why: String = "as they were before ballonet-host started") {
         guard settings.steerKSM, tookOver else { return }
         var failed: [String] = []
-        for (name, value) in original where KSMControl.savedValue(name) != value {
+        for (name, value) in original where KSMControl.savedValue(name, directory: ksmDirectory) != value {
             // pages_to_scan cannot be written while the advisor that was put back runs; the advisor sets it.
-            if name == "pages_to_scan", KSMControl.savedValue("advisor_mode") == "scan-time" { continue }
+            if name == "pages_to_scan", KSMControl.savedValue("advisor_mode", directory: ksmDirectory) == "scan-time" { continue }
             do {
-                try KSMControl.write(name, value)
+                try KSMControl.write(name, value, directory: ksmDirectory)
             } catch {
                 failed.append("\(name) (\(error))")
             }
         }
         if failed.isEmpty {
-            logger.notice("KSM settings put back as they were before ballonet-host started: \(original.map { "\($0.name)=\($0.value)" }.joined(separator: ", "))")
+            logger.notice("KSM settings put back \(why): \(original.map { "\($0.name)=\($0.value)" }.joined(separator: ", "))")
+            if let path = originalsFile { try? FileSystem.removeFile(path) }
         } else {
             logger.warning("could not put back KSM's \(failed.joined(separator: ", "))")
         }
