@@ -69,6 +69,21 @@ import Testing
         }
     }
 
+    @Test func aKeptFileIsPutBackEvenByAnAgentThatDoesNotSteer() throws {
+        let ksm = try Self.operatorsKSM()
+        defer { try? FileManager.default.removeItem(atPath: ksm) }
+        let kept = ksm + "-kept"
+        defer { try? FileManager.default.removeItem(atPath: kept) }
+        let first = try #require(SharingController(settings: SharingSettings(), logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        Self.steer(first)
+        #expect(Self.value(ksm, "run") == "1" && FileManager.default.fileExists(atPath: kept))
+        // Killed; the operator then turns steering off before the next start.
+        var settings = SharingSettings()
+        settings.steerKSM = false
+        _ = try #require(SharingController(settings: settings, logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        #expect(Self.value(ksm, "run") == "0" && Self.value(ksm, "pages_to_scan") == "100" && !FileManager.default.fileExists(atPath: kept))
+    }
+
     @Test func notSteeringLeavesKSMAndKeepsNothing() throws {
         let ksm = try Self.operatorsKSM()
         defer { try? FileManager.default.removeItem(atPath: ksm) }

@@ -80,15 +80,16 @@ final class SharingController {
         logger[metadataKey: "mechanism"] = "ksm"
         self.logger = logger
         ksmdProcessID = KSMDaemon.processID()
+        if let left = readOriginals() {
+            // An earlier agent changed KSM and never put it back: do it now, before reading "the originals",
+            // and even when this agent is not to steer KSM (the operator's settings were never its to keep).
+            original = left
+            tookOver = true
+            restore(why: "left changed by a ballonet-host that did not stop cleanly (\(originalsFile ?? ""))")
+            original = []
+            tookOver = false
+        }
         if settings.steerKSM {
-            if let left = readOriginals() {
-                // An earlier agent changed KSM and never put it back: do it now, before reading "the originals".
-                original = left
-                tookOver = true
-                restore(why: "left changed by a ballonet-host that did not stop cleanly (\(originalsFile ?? ""))")
-                original = []
-                tookOver = false
-            }
             for name in Self.restoredFiles {
                 if let value = KSMControl.savedValue(name, directory: ksmDirectory) { original.append((name, value)) }
             }
@@ -107,21 +108,21 @@ final class SharingController {
             try? FileSystem.removeFile(path)
             return nil
         }
-        var settings: [(name: String, value: String)] = []
+        var kept: [(name: String, value: String)] = []
         for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
             let parts = line.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let name = String(parts[0]), value = parts.count == 2 ? String(parts[1]) : ""
-            guard Self.restoredFiles.contains(name), !settings.contains(where: { $0.name == name }),
+            guard Self.restoredFiles.contains(name), !kept.contains(where: { $0.name == name }),
                   (1...Self.originalValueMaxBytes).contains(value.utf8.count),
                   value.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x2D || $0 == 0x5F }) else {
                 logger.warning("ignoring \(path): line '\(line.prefix(64))' is not a KSM setting Ballonet keeps; KSM is left as it is")
                 try? FileSystem.removeFile(path)
                 return nil
             }
-            settings.append((name, value))
+            kept.append((name, value))
         }
         // Put back in restoredFiles' order, whatever the file's.
-        return Self.restoredFiles.compactMap { name in settings.first { $0.name == name } }
+        return Self.restoredFiles.compactMap { name in kept.first { $0.name == name } }
     }
 
     /// Keeps the settings to put back in `originalsFile`, before the agent first changes KSM.
@@ -225,7 +226,8 @@ final class SharingController {
     /// Puts back every KSM setting the agent changed (merged pages stay merged). Once all are back, the kept
     /// copy goes; if some could not be, it stays for the next agent to try.
     func restore(why: String = "as they were before ballonet-host started") {
-        guard settings.steerKSM, tookOver else { return }
+        // Only steering takes KSM over, but a leftover file is put back whatever the agent is to do now.
+        guard tookOver else { return }
         var failed: [String] = []
         for (name, value) in original where KSMControl.savedValue(name, directory: ksmDirectory) != value {
             // pages_to_scan cannot be written while the advisor that was put back runs; the advisor sets it.
