@@ -59,7 +59,10 @@ public enum KSMControl {
     public static let directory = "/sys/kernel/mm/ksm"
 
     /// Whether this kernel has KSM (CONFIG_KSM).
-    public static var isAvailable: Bool { (try? FileSystem.status(ofPath: directory + "/run")) != nil }
+    public static var isAvailable: Bool { isAvailable(directory: directory) }
+
+    /// Whether `directory` (the kernel's KSM directory, or a copy of it) has KSM's `run` file.
+    public static func isAvailable(directory: String) -> Bool { (try? FileSystem.status(ofPath: directory + "/run")) != nil }
 
     /// All the figures, in one pass over the files.
     public static func read(directory: String = directory) throws -> KSMFigures {

@@ -72,7 +72,7 @@ final class SharingController {
 
     /// nil when the kernel has no KSM.
     init?(settings: SharingSettings, logger: Logger, originalsFile: String?, ksmDirectory: String = KSMControl.directory) {
-        guard (try? FileSystem.status(ofPath: ksmDirectory + "/run")) != nil else { return nil }
+        guard KSMControl.isAvailable(directory: ksmDirectory) else { return nil }
         self.settings = settings
         self.ksmDirectory = ksmDirectory
         self.originalsFile = originalsFile
