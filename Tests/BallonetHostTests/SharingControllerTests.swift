@@ -22,6 +22,13 @@ import Testing
 
     static func value(_ directory: String, _ name: String) -> String? { KSMControl.savedValue(name, directory: directory) }
 
+    /// A controller on the copy `ksm`, keeping what it will put back in `kept`.
+    static func controller(_ ksm: String, keeping kept: String, steering: Bool = true) throws -> SharingController {
+        var settings = SharingSettings()
+        settings.steerKSM = steering
+        return try #require(SharingController(settings: settings, logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+    }
+
     /// One round as with 512 MiB of mergeable guest RAM and memory short: ksmd is set to run at the bound.
     static func steer(_ controller: SharingController) {
         controller.round(elapsedMillis: 1000, state: .low, mergeableBytes: 512 << 20, pendingZeroMergeBytes: 0)
@@ -33,7 +40,7 @@ import Testing
         let kept = ksm + "-state/ksm-settings-to-restore"
         defer { try? FileManager.default.removeItem(atPath: ksm + "-state") }
 
-        let first = try #require(SharingController(settings: SharingSettings(), logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        let first = try Self.controller(ksm, keeping: kept)
         Self.steer(first)
         #expect(Self.value(ksm, "run") == "1" && Self.value(ksm, "use_zero_pages") == "1", "the agent took KSM over")
         #expect(Self.value(ksm, "pages_to_scan") != "100")
@@ -42,7 +49,7 @@ import Testing
                                                          "pages_to_scan=100", "run=0", "sleep_millisecs=20", "use_zero_pages=0"])
         // Killed here: `first` never calls restore().
 
-        let second = try #require(SharingController(settings: SharingSettings(), logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        let second = try Self.controller(ksm, keeping: kept)
         #expect(Self.value(ksm, "run") == "0" && Self.value(ksm, "pages_to_scan") == "100" && Self.value(ksm, "sleep_millisecs") == "20"
                 && Self.value(ksm, "use_zero_pages") == "0", "put back as the operator had it, before anything else")
         #expect(!FileManager.default.fileExists(atPath: kept))
@@ -63,7 +70,7 @@ import Testing
         for text in ["run=1\nsomething_else=1\n", "run=\n", "run=1; reboot\n", "run=1\nrun=0\n", String(repeating: "x", count: 5000)] {
             try text.write(toFile: kept, atomically: true, encoding: .utf8)
             try KSMControl.write("run", "1", directory: ksm)
-            _ = try #require(SharingController(settings: SharingSettings(), logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+            _ = try Self.controller(ksm, keeping: kept)
             #expect(Self.value(ksm, "run") == "1", "KSM left as it is for \(text.prefix(20).debugDescription)")
             #expect(!FileManager.default.fileExists(atPath: kept))
         }
@@ -74,13 +81,11 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: ksm) }
         let kept = ksm + "-kept"
         defer { try? FileManager.default.removeItem(atPath: kept) }
-        let first = try #require(SharingController(settings: SharingSettings(), logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        let first = try Self.controller(ksm, keeping: kept)
         Self.steer(first)
         #expect(Self.value(ksm, "run") == "1" && FileManager.default.fileExists(atPath: kept))
         // Killed; the operator then turns steering off before the next start.
-        var settings = SharingSettings()
-        settings.steerKSM = false
-        _ = try #require(SharingController(settings: settings, logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        _ = try Self.controller(ksm, keeping: kept, steering: false)
         #expect(Self.value(ksm, "run") == "0" && Self.value(ksm, "pages_to_scan") == "100" && !FileManager.default.fileExists(atPath: kept))
     }
 
@@ -88,9 +93,7 @@ import Testing
         let ksm = try Self.operatorsKSM()
         defer { try? FileManager.default.removeItem(atPath: ksm) }
         let kept = ksm + "-kept"
-        var settings = SharingSettings()
-        settings.steerKSM = false
-        let controller = try #require(SharingController(settings: settings, logger: Logger(label: "test"), originalsFile: kept, ksmDirectory: ksm))
+        let controller = try Self.controller(ksm, keeping: kept, steering: false)
         Self.steer(controller)
         controller.restore()
         #expect(Self.value(ksm, "run") == "0" && !FileManager.default.fileExists(atPath: kept))
